@@ -1,0 +1,61 @@
+"""ntkit: Neural Tangent Kernels for PyTorch.
+
+``import ntkit as nk`` gives the curated public API: layers and combinators that describe
+an architecture (``nk.serial(nk.Dense(512), nk.ReLU(), nk.Dense(1))``), whose
+``arch.kernel(x1, x2)`` is the infinite-width NNGP/NTK and whose ``arch.build(in_shape)`` is
+the matching finite network; the lecture's closed forms in ``nk.theory``.
+"""
+
+from . import errors, theory
+from .errors import NtkitError
+from .infinite import (
+    GELU,
+    ABReLU,
+    Abs,
+    Activation,
+    Dense,
+    Erf,
+    FanInConcat,
+    FanInSum,
+    FanOut,
+    Identity,
+    Layer,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softplus,
+    Tanh,
+    mlp,
+    parallel,
+    serial,
+)
+from .kernel import Kernel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GELU",
+    "ABReLU",
+    "Abs",
+    "Activation",
+    "Dense",
+    "Erf",
+    "FanInConcat",
+    "FanInSum",
+    "FanOut",
+    "Identity",
+    "Kernel",
+    "Layer",
+    "LeakyReLU",
+    "NtkitError",
+    "ReLU",
+    "Sigmoid",
+    "Softplus",
+    "Tanh",
+    "__version__",
+    "errors",
+    "mlp",
+    "parallel",
+    "serial",
+    "theory",
+]

@@ -1,0 +1,291 @@
+"""Elementwise activations: closed forms where they exist, quadrature otherwise.
+
+For pre-activations with covariance ``[[q11, q12], [q12, q22]]`` an activation ``φ`` maps
+``nngp ← E[φ(u)φ(v)]`` and ``ntk ← ntk · E[φ'(u)φ'(v)]`` (Jacot et al. 2018).
+
+Closed forms used:
+
+- ReLU / leaky ReLU / |·| / ABReLU ``φ(z) = a·min(z, 0) + b·max(z, 0)``: the arc-cosine kernel
+  (Cho & Saul 2009). With ``ρ = q12/√(q11 q22)``, ``θ = arccos ρ``:
+  ``E[φ'φ'] = ((a² + b²)(π − θ) + 2abθ) / (2π)`` and
+  ``E[φφ] = q12·E[φ'φ'] + (a − b)²·√(q11 q22 − q12²) / (2π)``.
+- Erf (Williams 1997): ``E[φφ] = (2/π) arcsin(2 q12 / √((1 + 2 q11)(1 + 2 q22)))`` and
+  ``E[φ'φ'] = (4/π) / √((1 + 2 q11)(1 + 2 q22) − 4 q12²)``.
+
+``ρ`` is clamped to ``[−1, 1]`` (rounding can push it out); a zero-variance input (e.g.
+``x = 0`` with no bias) is taken as ``ρ = 0``, the continuous limit, so kernels stay finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .._validation import check_positive_int
+from ..errors import ParameterError
+from ..finite import Elementwise
+from .layers import Layer, Shape, State, require_single
+from .quadrature import autograd_derivative, gaussian_expectation
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ElementwiseLayer(Layer):
+    """Base of activations: subclasses give ``fn`` and ``expectations``."""
+
+    name = "activation"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def expectations(
+        self, q11: torch.Tensor, q22: torch.Tensor, q12: torch.Tensor, need_dot: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(E[φ(u)φ(v)], E[φ'(u)φ'(v)] or None)`` elementwise over broadcast inputs."""
+        raise NotImplementedError
+
+    def apply_kernel(self, state: State) -> State:
+        state = require_single(state, self)
+        need_dot = state.ntk is not None
+        nngp, dot = self.expectations(state.q11(), state.q22(), state.nngp, need_dot)
+        var1 = self.expectations(state.var1, state.var1, state.var1, False)[0]
+        if state.var2 is state.var1:
+            var2 = var1
+        else:
+            var2 = self.expectations(state.var2, state.var2, state.var2, False)[0]
+        ntk = state.ntk * dot if need_dot else None
+        return state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, fresh=False)
+
+    def build_module(
+        self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype
+    ) -> tuple[nn.Module, Shape]:
+        return Elementwise(self.fn, self.name), in_shape
+
+
+def _inverse_sqrt(q: torch.Tensor) -> torch.Tensor:
+    """``1/√q`` with 0 where ``q <= 0`` (a zero variance gives ``ρ = 0``)."""
+    positive = q > 0
+    return torch.where(positive, torch.rsqrt(torch.where(positive, q, 1.0)), 0.0)
+
+
+class ABReLU(ElementwiseLayer):
+    """``φ(z) = a·min(z, 0) + b·max(z, 0)``, in closed form (arc-cosine kernel)."""
+
+    def __init__(self, a: float, b: float) -> None:
+        for value, label in ((a, "a"), (b, "b")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ParameterError(f"ABReLU slope {label} must be a finite number, got {value!r}")
+        self.a, self.b = float(a), float(b)
+        self.name = f"ABReLU(a={self.a}, b={self.b})"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
+
+    def expectations(self, q11, q22, q12, need_dot):
+        a, b = self.a, self.b
+        rho = (q12 * _inverse_sqrt(q11)) * _inverse_sqrt(q22)
+        theta = torch.arccos(rho.clamp_(-1.0, 1.0))
+        # dot = ((a² + b²)(π − θ) + 2abθ) / 2π, written as an affine map of θ.
+        dot = theta.mul_(-((a - b) ** 2) / (2 * math.pi)).add_((a * a + b * b) / 2)
+        nngp = q12 * dot
+        if a != b:
+            det = (q11 * q22).sub_(q12 * q12).clamp_(min=0).sqrt_()
+            nngp.add_(det, alpha=(a - b) ** 2 / (2 * math.pi))
+        return nngp, (dot if need_dot else None)
+
+
+class ReLU(ABReLU):
+    """``max(z, 0)``: the arc-cosine kernel of degree 1 (Cho & Saul 2009)."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+        self.name = "ReLU"
+
+    def __repr__(self) -> str:
+        return "ReLU()"
+
+
+class LeakyReLU(ABReLU):
+    """``max(z, 0) + negative_slope·min(z, 0)``, in closed form."""
+
+    def __init__(self, negative_slope: float = 0.01) -> None:
+        super().__init__(negative_slope, 1.0)
+        self.negative_slope = self.a
+        self.name = f"LeakyReLU({self.a})"
+
+    def __repr__(self) -> str:
+        return f"LeakyReLU(negative_slope={self.a})"
+
+
+class Abs(ABReLU):
+    """``|z|``, in closed form."""
+
+    def __init__(self) -> None:
+        super().__init__(-1.0, 1.0)
+        self.name = "Abs"
+
+    def __repr__(self) -> str:
+        return "Abs()"
+
+
+class Erf(ElementwiseLayer):
+    """``erf(z)``, in closed form (Williams 1997)."""
+
+    name = "Erf"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.erf(x)
+
+    def expectations(self, q11, q22, q12, need_dot):
+        inv = _inverse_sqrt(1 + 2 * q11) * _inverse_sqrt(1 + 2 * q22)
+        arg = (2 * q12 * inv).clamp_(-1.0, 1.0)
+        nngp = torch.arcsin(arg).mul_(2 / math.pi)
+        dot = None
+        if need_dot:
+            tiny = torch.finfo(arg.dtype).tiny
+            dot = inv.mul(4 / math.pi).div_(torch.sqrt((1 - arg * arg).clamp_(min=tiny)))
+        return nngp, dot
+
+    def __repr__(self) -> str:
+        return "Erf()"
+
+
+class Identity(ElementwiseLayer):
+    """``φ(z) = z``: leaves both kernels unchanged."""
+
+    name = "Identity"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def apply_kernel(self, state: State) -> State:
+        return state
+
+    def expectations(self, q11, q22, q12, need_dot):
+        return q12, (torch.ones_like(q12) if need_dot else None)
+
+    def __repr__(self) -> str:
+        return "Identity()"
+
+
+class Activation(ElementwiseLayer):
+    """Any elementwise torch function, by Gauss–Hermite-type quadrature over the 2-D Gaussian.
+
+    Args:
+        fn: elementwise function of a tensor (e.g. ``torch.tanh``).
+        derivative: its derivative; by default autograd of ``fn``.
+        degree: quadrature degree (see :func:`~ntkit.infinite.quadrature.gaussian_expectation`;
+            cost ``4·degree²`` evaluations per kernel entry).
+        name: a label for ``repr`` and the finite module.
+    """
+
+    def __init__(
+        self,
+        fn: Fn,
+        derivative: Fn | None = None,
+        degree: int = 32,
+        name: str | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise ParameterError(
+                f"Activation needs a callable elementwise function (e.g. torch.tanh), got {fn!r}"
+            )
+        if derivative is not None and not callable(derivative):
+            raise ParameterError(f"derivative must be callable or None, got {derivative!r}")
+        self.degree = check_positive_int(degree, "degree")
+        probe = torch.linspace(-2.0, 2.0, 5, dtype=torch.float64)
+        try:
+            out = fn(probe)
+        except Exception as err:
+            raise ParameterError(
+                f"Activation fn must accept a torch tensor; calling it failed with: {err}"
+            ) from err
+        if not isinstance(out, torch.Tensor) or out.shape != probe.shape:
+            raise ParameterError(
+                "Activation fn must be elementwise (tensor in, tensor of the same shape out)"
+            )
+        self._fn = fn
+        self._derivative = derivative if derivative is not None else autograd_derivative(fn)
+        self.name = name or getattr(fn, "__name__", "Activation")
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn(x)
+
+    def expectations(self, q11, q22, q12, need_dot):
+        nngp = gaussian_expectation(self._fn, self._fn, q11, q22, q12, self.degree)
+        dot = None
+        if need_dot:
+            d = self._derivative
+            dot = gaussian_expectation(d, d, q11, q22, q12, self.degree)
+        return nngp, dot
+
+    def __repr__(self) -> str:
+        return f"Activation({self.name}, degree={self.degree})"
+
+
+def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s * (1 - s)
+
+
+def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(
+        2 * math.pi
+    )
+
+
+class Tanh(Activation):
+    """``tanh(z)`` by quadrature (no closed form)."""
+
+    def __init__(self, degree: int = 32) -> None:
+        super().__init__(torch.tanh, lambda x: 1 - torch.tanh(x) ** 2, degree, "Tanh")
+
+
+class Sigmoid(Activation):
+    """The logistic sigmoid by quadrature."""
+
+    def __init__(self, degree: int = 32) -> None:
+        super().__init__(torch.sigmoid, _sigmoid_derivative, degree, "Sigmoid")
+
+
+class GELU(Activation):
+    """The exact (erf-based) GELU ``z·Φ(z)`` by quadrature."""
+
+    def __init__(self, degree: int = 32) -> None:
+        super().__init__(torch.nn.functional.gelu, _gelu_derivative, degree, "GELU")
+
+
+class Softplus(Activation):
+    """``log(1 + e^z)`` by quadrature."""
+
+    def __init__(self, degree: int = 32) -> None:
+        super().__init__(torch.nn.functional.softplus, torch.sigmoid, degree, "Softplus")
+
+
+_BY_NAME: dict[str, Callable[[], ElementwiseLayer]] = {
+    "relu": ReLU,
+    "erf": Erf,
+    "abs": Abs,
+    "identity": Identity,
+    "linear": Identity,
+    "tanh": Tanh,
+    "sigmoid": Sigmoid,
+    "gelu": GELU,
+    "softplus": Softplus,
+    "leaky_relu": LeakyReLU,
+}
+
+
+def activation_from_name(name: str | Layer) -> Layer:
+    """A layer from a name such as ``"relu"`` (or the layer itself)."""
+    if isinstance(name, Layer):
+        return name
+    key = str(name).lower()
+    if key not in _BY_NAME:
+        raise ParameterError(
+            f"unknown activation {name!r}; use one of {', '.join(sorted(_BY_NAME))} or a Layer"
+        )
+    return _BY_NAME[key]()

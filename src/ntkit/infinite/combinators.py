@@ -1,0 +1,225 @@
+"""Combinators: serial composition, branches, and their merges (residual networks)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .._validation import check_nonnegative, check_positive_int
+from ..errors import ParameterError, ShapeError
+from ..finite import FanInConcatModule, FanInSumModule, FanOutModule, Parallel, Serial
+from .activations import activation_from_name
+from .dense import Dense
+from .layers import Layer, State, require_single
+from .state import KernelState
+
+
+def _check_layers(layers: Sequence[Layer], what: str) -> tuple[Layer, ...]:
+    if not layers:
+        raise ParameterError(f"{what} needs at least one layer")
+    for layer in layers:
+        if not isinstance(layer, Layer):
+            raise ParameterError(
+                f"{what} takes ntkit layers (nk.Dense(...), nk.ReLU(), ...), got {layer!r}"
+            )
+    return tuple(layers)
+
+
+class SerialLayer(Layer):
+    """Layers applied one after the other; built by :func:`serial`."""
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self.layers = _check_layers(layers, "serial")
+
+    def apply_kernel(self, state: State) -> State:
+        for layer in self.layers:
+            state = layer.apply_kernel(state)
+        return state
+
+    def build_module(self, in_shape, generator, dtype):
+        modules = []
+        for layer in self.layers:
+            module, in_shape = layer.build_module(in_shape, generator, dtype)
+            modules.append(module)
+        return Serial(*modules), in_shape
+
+    def needs_full_spatial(self) -> bool:
+        return any(layer.needs_full_spatial() for layer in self.layers)
+
+    def __repr__(self) -> str:
+        return "serial(" + ", ".join(map(repr, self.layers)) + ")"
+
+
+class ParallelLayer(Layer):
+    """One layer per branch; built by :func:`parallel`."""
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self.layers = _check_layers(layers, "parallel")
+
+    def apply_kernel(self, state: State) -> State:
+        if not isinstance(state, tuple) or len(state) != len(self.layers):
+            got = len(state) if isinstance(state, tuple) else 1
+            raise ShapeError(
+                f"parallel has {len(self.layers)} layers but received {got} branch(es); "
+                f"put FanOut({len(self.layers)}) before it"
+            )
+        return tuple(layer.apply_kernel(s) for layer, s in zip(self.layers, state))
+
+    def build_module(self, in_shape, generator, dtype):
+        if not isinstance(in_shape, list) or len(in_shape) != len(self.layers):
+            raise ShapeError(
+                f"parallel has {len(self.layers)} layers; put FanOut({len(self.layers)}) before it"
+            )
+        built = [layer.build_module(s, generator, dtype) for layer, s in zip(self.layers, in_shape)]
+        return Parallel([m for m, _ in built]), [s for _, s in built]
+
+    def needs_full_spatial(self) -> bool:
+        return any(layer.needs_full_spatial() for layer in self.layers)
+
+    def __repr__(self) -> str:
+        return "parallel(" + ", ".join(map(repr, self.layers)) + ")"
+
+
+class FanOut(Layer):
+    """Copies its input into ``n`` branches (to be followed by :func:`parallel`)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = check_positive_int(n, "n")
+
+    def apply_kernel(self, state: State) -> State:
+        return (require_single(state, self),) * self.n
+
+    def build_module(self, in_shape, generator, dtype):
+        if isinstance(in_shape, list):
+            raise ShapeError("FanOut received branches; merge them first with FanInSum()")
+        return FanOutModule(self.n), [in_shape] * self.n
+
+
+def _branches(state: State, layer: Layer) -> tuple[KernelState, ...]:
+    if not isinstance(state, tuple):
+        raise ShapeError(f"{type(layer).__name__} needs branches; put FanOut(n) before it")
+    return state
+
+
+class FanInSum(Layer):
+    """Sums the branches: ``nngp`` and ``ntk`` add.
+
+    The kernels of a sum add only when the cross-covariances vanish, which holds when all
+    branches but at most one end in a zero-mean random affine layer (Dense/Conv, possibly
+    followed by pooling): e.g. a residual block ``x + Dense(ReLU(x))``. Other merges raise.
+    """
+
+    def apply_kernel(self, state: State) -> State:
+        states = _branches(state, self)
+        not_fresh = sum(not s.fresh for s in states)
+        if not_fresh > 1:
+            raise ShapeError(
+                f"FanInSum got {not_fresh} branches that do not end in a Dense/Conv layer; "
+                "their kernels do not simply add. End all branches but one with a Dense/Conv"
+            )
+        first = states[0]
+        for s in states[1:]:
+            if s.nngp.shape != first.nngp.shape or s.width != first.width:
+                raise ShapeError(
+                    f"FanInSum branches differ in shape (widths {first.width} and {s.width}); "
+                    "give every branch the same width"
+                )
+        same_vars = all(s.var2 is s.var1 for s in states)
+        var1 = sum(s.var1 for s in states)
+        return first.replace(
+            nngp=sum(s.nngp for s in states),
+            ntk=None if first.ntk is None else sum(s.ntk for s in states),
+            var1=var1,
+            var2=var1 if same_vars else sum(s.var2 for s in states),
+            fresh=not_fresh == 0,
+        )
+
+    def build_module(self, in_shape, generator, dtype):
+        if not isinstance(in_shape, list):
+            raise ShapeError("FanInSum needs branches; put FanOut(n) before it")
+        if any(s != in_shape[0] for s in in_shape):
+            raise ShapeError(f"FanInSum branches differ in shape: {in_shape}")
+        return FanInSumModule(), in_shape[0]
+
+    def __repr__(self) -> str:
+        return "FanInSum()"
+
+
+class FanInConcat(Layer):
+    """Concatenates the branches' features (axis 1); kernels average weighted by widths.
+
+    The next layer's ``1/fan_in`` normalization makes the kernel of the concatenation
+    ``Σ_k (width_k / Σ width) · K_k``.
+    """
+
+    def apply_kernel(self, state: State) -> State:
+        states = _branches(state, self)
+        first = states[0]
+        if any(s.nngp.shape != first.nngp.shape for s in states):
+            raise ShapeError("FanInConcat branches must share their spatial shape")
+        total = sum(s.width for s in states)
+
+        def mix(field: str) -> torch.Tensor:
+            return sum((s.width / total) * getattr(s, field) for s in states)
+
+        same_vars = all(s.var2 is s.var1 for s in states)
+        var1 = mix("var1")
+        return first.replace(
+            nngp=mix("nngp"),
+            ntk=None if first.ntk is None else mix("ntk"),
+            var1=var1,
+            var2=var1 if same_vars else mix("var2"),
+            width=total,
+            fresh=all(s.fresh for s in states),
+        )
+
+    def build_module(self, in_shape, generator, dtype):
+        if not isinstance(in_shape, list):
+            raise ShapeError("FanInConcat needs branches; put FanOut(n) before it")
+        rest = {tuple(s[1:]) for s in in_shape}
+        if len(rest) != 1:
+            raise ShapeError(f"FanInConcat branches must share their spatial shape: {in_shape}")
+        return FanInConcatModule(), (sum(s[0] for s in in_shape), *in_shape[0][1:])
+
+    def __repr__(self) -> str:
+        return "FanInConcat()"
+
+
+def serial(*layers: Layer) -> Layer:
+    """Compose layers: ``serial(Dense(512), ReLU(), Dense(1))``."""
+    return SerialLayer(layers)
+
+
+def parallel(*layers: Layer) -> Layer:
+    """Apply the i-th layer to the i-th branch (after ``FanOut``)."""
+    return ParallelLayer(layers)
+
+
+def mlp(
+    depth: int,
+    width: int,
+    activation: str | Layer = "relu",
+    W_std: float = 1.0,
+    b_std: float | None = None,
+    out: int = 1,
+    parameterization: str = "ntk",
+) -> Layer:
+    """A fully-connected network of ``depth`` Dense layers (the readout included).
+
+    ``mlp(3, 512, "relu", W_std=2**0.5, b_std=0.1)`` is
+    ``Dense(512)-ReLU-Dense(512)-ReLU-Dense(1)``; ``activation`` is a name
+    (``"relu"``, ``"erf"``, ``"tanh"``, ...) or a layer.
+    """
+    depth = check_positive_int(depth, "depth")
+    check_positive_int(width, "width")
+    check_positive_int(out, "out")
+    check_nonnegative(W_std, "W_std")
+    layers: list[Layer] = []
+    for _ in range(depth - 1):
+        layers += [
+            Dense(width, W_std, b_std, parameterization),
+            activation_from_name(activation),
+        ]
+    layers.append(Dense(out, W_std, b_std, parameterization))
+    return serial(*layers)

@@ -1,0 +1,75 @@
+"""Fully-connected layers (Jacot et al. 2018; Lee et al. 2019, DESIGN.md conventions)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._validation import check_choice, check_nonnegative, check_positive_int
+from ..errors import ShapeError
+from ..finite import NTKDense
+from .layers import Layer, Shape, State, require_flat, require_single
+
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+class Dense(Layer):
+    """Fully-connected layer of ``width`` outputs.
+
+    NTK parameterization (default): ``z = (W_std/√fan_in)·W x + b_std·b``, ``W, b ~ N(0, 1)``;
+    kernel recursion ``nngp ← W_std²·nngp + b_std²``, ``ntk ← nngp_new + W_std²·ntk``.
+    Standard parameterization: ``z = W x + b``, ``W ~ N(0, W_std²/fan_in)``, ``b ~ N(0, b_std²)``;
+    the NNGP is the same and ``ntk ← fan_in·nngp + [bias] + W_std²·ntk`` (the gradient with
+    respect to the unscaled weights carries the fan-in; Sohl-Dickstein et al. 2020), so this
+    kernel grows with the stated widths.
+
+    ``b_std=None`` means no bias.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        W_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+    ) -> None:
+        self.width = check_positive_int(width, "width")
+        check_nonnegative(W_std, "W_std")
+        check_nonnegative(b_std, "b_std", allow_none=True)
+        self.W_std = float(W_std)
+        self.b_std = None if b_std is None else float(b_std)
+        self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
+
+    def apply_kernel(self, state: State) -> State:
+        state = require_flat(require_single(state, self), self)
+        w2 = self.W_std**2
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        nngp = w2 * state.nngp + b2
+        ntk = None
+        if state.ntk is not None:
+            if self.parameterization == "ntk":
+                ntk = nngp + w2 * state.ntk
+            else:
+                bias_term = 0.0 if self.b_std is None else 1.0
+                ntk = state.width * state.nngp + bias_term + w2 * state.ntk
+        return state.replace(
+            nngp=nngp,
+            ntk=ntk,
+            var1=w2 * state.var1 + b2,
+            var2=w2 * state.var2 + b2,
+            width=self.width,
+            fresh=True,
+        )
+
+    def build_module(
+        self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype
+    ) -> tuple[nn.Module, Shape]:
+        if not isinstance(in_shape, tuple) or len(in_shape) != 1:
+            raise ShapeError(
+                f"Dense expects flat inputs of shape (d,), got {in_shape}; add Flatten() first"
+            )
+        module = NTKDense(
+            in_shape[0], self.width, W_std=self.W_std, b_std=self.b_std,
+            parameterization=self.parameterization, generator=generator, dtype=dtype,
+        )
+        return module, (self.width,)

@@ -1,0 +1,158 @@
+"""Evaluation of an architecture's infinite-width kernels, tile by tile.
+
+Every layer acts on each pair of examples independently, so the ``(n1, n2)`` pair grid can
+be cut into tiles that are computed one after another under a memory budget. With
+``x2=None`` only the tiles on and above the block diagonal are computed; the rest are
+their transposes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import MemoryBudgetError, ShapeError
+from ..kernel import Kernel
+from .state import KernelState, swap_pair_axes
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+# Live temporaries per pair entry during a layer: inputs, outputs and a few scratch arrays.
+_TEMPORARIES_PER_ENTRY = 12
+
+
+def input_state(
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    want_ntk: bool,
+    diagonal: bool,
+    full_spatial: bool,
+) -> KernelState:
+    """The kernel of the raw inputs: ``<x, x'> / fan_in`` (DESIGN.md, NTK parameterization).
+
+    Shapes: ``x1 (n1, d)`` or ``(n1, C, *S)``; ``fan_in`` is ``d`` or ``C`` (the channel sum
+    at each position, as a convolution's fan-in per kernel position).
+    """
+    width = x1.shape[1]
+    spatial = tuple(x1.shape[2:])
+    same = x2 is None
+    x2 = x1 if same else x2
+    var1 = (x1 * x1).sum(1) / width
+    var2 = var1 if same else (x2 * x2).sum(1) / width
+    if diagonal:
+        if not full_spatial:
+            nngp = var1 if same else (x1 * x2).sum(1) / width
+        else:
+            a = x1.reshape(x1.shape[0], width, -1)
+            b = x2.reshape(x2.shape[0], width, -1)
+            nngp = torch.einsum("icp,icq->ipq", a, b).reshape(x1.shape[0], *spatial, *spatial)
+            nngp = nngp / width
+    elif not spatial:
+        nngp = (x1 @ x2.T) / width
+    elif not full_spatial:
+        nngp = torch.einsum("ic...,jc...->ij...", x1, x2) / width
+    else:
+        a = x1.reshape(x1.shape[0], width, -1)
+        b = x2.reshape(x2.shape[0], width, -1)
+        nngp = torch.einsum("icp,jcq->ijpq", a, b) / width
+        nngp = nngp.reshape(x1.shape[0], x2.shape[0], *spatial, *spatial)
+    return KernelState(
+        nngp=nngp,
+        ntk=nngp.clone() if want_ntk else None,
+        var1=var1,
+        var2=var2,
+        width=width,
+        spatial=spatial,
+        full_spatial=full_spatial and bool(spatial),
+        diagonal=diagonal,
+    )
+
+
+def evaluate(
+    layer,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    want_ntk: bool,
+    diagonal: bool,
+    memory_budget: int | None,
+) -> Kernel:
+    """Run ``layer`` on the input kernel of ``(x1, x2)`` tile by tile; see module docstring."""
+    full = layer.needs_full_spatial() and x1.ndim > 2
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    n_pos = math.prod(x1.shape[2:])
+    entries_per_pair = n_pos * n_pos if full else n_pos
+    bytes_per_pair = entries_per_pair * x1.element_size() * _TEMPORARIES_PER_ENTRY * (
+        2 if want_ntk else 1
+    )
+    if bytes_per_pair > budget:
+        raise MemoryBudgetError(
+            f"one pair of examples needs about {bytes_per_pair / 2**20:.1f} MiB of temporaries "
+            f"but memory_budget is {budget / 2**20:.1f} MiB; raise memory_budget"
+        )
+
+    def run(a: torch.Tensor, b: torch.Tensor | None, diag: bool) -> KernelState:
+        state = layer.apply_kernel(
+            input_state(a, b, want_ntk=want_ntk, diagonal=diag, full_spatial=full)
+        )
+        if isinstance(state, tuple):
+            raise ShapeError(
+                f"the architecture ends with {len(state)} branches; merge them with "
+                "FanInSum() or FanInConcat()"
+            )
+        return state
+
+    if diagonal:
+        rows = max(1, budget // bytes_per_pair)
+        parts = [run(x1[i : i + rows], None if x2 is None else x2[i : i + rows], True)
+                 for i in range(0, x1.shape[0], rows)]
+        var1 = torch.cat([p.var1 for p in parts])
+        var2 = var1 if x2 is None else torch.cat([p.var2 for p in parts])
+        return Kernel(
+            nngp=torch.cat([p.nngp for p in parts]),
+            ntk=torch.cat([p.ntk for p in parts]) if want_ntk else None,
+            var1=var1,
+            var2=var2,
+            diagonal=True,
+        )
+    return _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget)
+
+
+def _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget) -> Kernel:
+    symmetric = x2 is None
+    cols_src = x1 if symmetric else x2
+    n1, n2 = x1.shape[0], cols_src.shape[0]
+    side = max(1, math.isqrt(budget // bytes_per_pair))
+    row_block = min(n1, side)
+    col_block = min(n2, max(side, (budget // bytes_per_pair) // row_block))
+    if symmetric:
+        col_block = row_block
+    out_nngp = out_ntk = None
+    var1_parts: list[torch.Tensor] = []
+    var2_parts: dict[int, torch.Tensor] = {}
+    for r0 in range(0, n1, row_block):
+        r1 = min(n1, r0 + row_block)
+        c_start = r0 if symmetric else 0
+        for c0 in range(c_start, n2, col_block):
+            c1 = min(n2, c0 + col_block)
+            state = run(x1[r0:r1], cols_src[c0:c1], False)
+            if out_nngp is None:
+                shape = (n1, n2, *state.nngp.shape[2:])
+                out_nngp = state.nngp.new_empty(shape)
+                out_ntk = state.nngp.new_empty(shape) if want_ntk else None
+            if c0 == c_start:
+                var1_parts.append(state.var1)
+            if r0 == 0 and not symmetric:
+                var2_parts[c0] = state.var2
+            for out, tile in ((out_nngp, state.nngp), (out_ntk, state.ntk)):
+                if out is None:
+                    continue
+                if symmetric and c0 == r0:
+                    tile = 0.5 * (tile + swap_pair_axes(tile, len(state.spatial), state.full_spatial))
+                out[r0:r1, c0:c1] = tile
+                if symmetric and c0 != r0:
+                    out[c0:c1, r0:r1] = swap_pair_axes(tile, len(state.spatial), state.full_spatial)
+    var1 = torch.cat(var1_parts)
+    var2 = var1 if symmetric else torch.cat([var2_parts[c] for c in sorted(var2_parts)])
+    return Kernel(nngp=out_nngp, ntk=out_ntk, var1=var1, var2=var2, diagonal=False)

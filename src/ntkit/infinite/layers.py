@@ -1,0 +1,167 @@
+"""The :class:`Layer` base class: one description, two objects.
+
+Every layer maps kernel states to kernel states (the infinite-width network) and builds
+the matching finite ``nn.Module`` (the finite network in the same parameterization).
+Combinators are layers too, so a whole architecture is a single :class:`Layer`.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._validation import as_tensor, resolve_dtype
+from ..errors import ParameterError, ShapeError
+from ..kernel import Kernel
+from .state import KernelState
+
+#: One example's shape, or a list of them after a ``FanOut``.
+Shape = tuple[int, ...] | list
+#: A kernel state, or a tuple of them after a ``FanOut``.
+State = KernelState | tuple
+
+_KERNEL_NAMES = ("nngp", "ntk")
+
+
+class Layer(abc.ABC):
+    """A layer of an architecture (see ``DESIGN.md``, "One description, two objects")."""
+
+    # ------------------------------------------------------------------ to override
+    @abc.abstractmethod
+    def apply_kernel(self, state: State) -> State:
+        """Map the kernel state of this layer's input to that of its output."""
+
+    @abc.abstractmethod
+    def build_module(
+        self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype
+    ) -> tuple[nn.Module, Shape]:
+        """Return the finite module for one example shape ``in_shape`` and its output shape."""
+
+    def needs_full_spatial(self) -> bool:
+        """Whether this layer needs position-by-position covariances (e.g. pooling)."""
+        return False
+
+    # ------------------------------------------------------------------ public API
+    def kernel(
+        self,
+        x1: Any,
+        x2: Any = None,
+        get: str | Sequence[str] = ("nngp", "ntk"),
+        *,
+        diagonal: bool = False,
+        dtype: Any = None,
+        memory_budget: int | None = None,
+    ) -> Kernel | torch.Tensor:
+        """Infinite-width NNGP and NTK of this architecture.
+
+        Args:
+            x1: ``(n1, *in_shape)`` inputs (tensor or NumPy array); ``in_shape`` is ``(d,)``
+                for fully-connected nets and ``(C, *spatial)`` for convolutional ones.
+            x2: ``(n2, *in_shape)`` or ``None``; ``None`` means ``x2 = x1`` and only the
+                symmetric half is computed.
+            get: ``"nngp"`` or ``"ntk"`` to return that ``(n1, n2)`` tensor, or a tuple of
+                names to return a :class:`~ntkit.Kernel` with those fields filled.
+            diagonal: compute only ``k(x1_i, x2_i)`` (``x2=None``: ``k(x_i, x_i)``); the
+                kernels are then ``(n,)``.
+            dtype: ``torch.float64`` (default) or ``torch.float32``.
+            memory_budget: bytes allowed for the temporaries of one tile of example pairs
+                (default 256 MiB); the output matrices are not counted.
+
+        Returns:
+            A tensor (``get`` a string) or a :class:`~ntkit.Kernel`, on the inputs' device.
+        """
+        from .engine import evaluate
+
+        names, as_tensor_result = _parse_get(get)
+        dtype = resolve_dtype(dtype)
+        x1 = as_tensor(x1, "x1", dtype=dtype, min_ndim=2)
+        if x2 is not None:
+            x2 = as_tensor(x2, "x2", dtype=dtype, min_ndim=2, device=x1.device)
+            if x2.shape[1:] != x1.shape[1:]:
+                raise ShapeError(
+                    f"x1 and x2 must have the same example shape, got {tuple(x1.shape[1:])} "
+                    f"and {tuple(x2.shape[1:])}; reshape one of them"
+                )
+            if diagonal and x2.shape[0] != x1.shape[0]:
+                raise ShapeError(
+                    f"diagonal=True pairs x1[i] with x2[i], so both need the same number of "
+                    f"rows; got {x1.shape[0]} and {x2.shape[0]}"
+                )
+        result = evaluate(
+            self, x1, x2, want_ntk="ntk" in names, diagonal=bool(diagonal),
+            memory_budget=memory_budget,
+        )
+        if "nngp" not in names:
+            result = Kernel(None, result.ntk, result.var1, result.var2, result.diagonal)
+        return result.get(names[0]) if as_tensor_result else result
+
+    def build(
+        self, in_shape: Sequence[int] | int, seed: int | None = None, dtype: Any = torch.float64
+    ) -> nn.Module:
+        """The finite network of the stated widths, in this architecture's parameterization.
+
+        Args:
+            in_shape: shape of one example, e.g. ``(d,)`` or ``(C, H, W)``.
+            seed: seed of the N(0, 1) draws of every weight and bias (``None``: random).
+            dtype: parameter dtype (float64 by default).
+
+        Returns:
+            An ``nn.Module`` mapping ``(n, *in_shape)`` to the network's outputs, whose
+            empirical NTK converges to :meth:`kernel` as the widths grow.
+        """
+        if isinstance(in_shape, int):
+            in_shape = (in_shape,)
+        in_shape = tuple(int(s) for s in in_shape)
+        if not in_shape or any(s < 1 for s in in_shape):
+            raise ShapeError(f"in_shape must be a non-empty tuple of positive sizes, got {in_shape}")
+        generator = torch.Generator()
+        if seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(int(seed))
+        module, _ = self.build_module(in_shape, generator, resolve_dtype(dtype))
+        return module
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def _parse_get(get: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    if isinstance(get, str):
+        names: tuple[str, ...] = (get,)
+        single = True
+    else:
+        names = tuple(get)
+        single = False
+    bad = [g for g in names if g not in _KERNEL_NAMES]
+    if not names or bad:
+        raise ParameterError(
+            f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}"
+        )
+    return names, single
+
+
+def require_single(state: State, layer: Layer) -> KernelState:
+    """Return ``state`` if it is one state; a layer after ``FanOut`` needs ``parallel``."""
+    if isinstance(state, tuple):
+        raise ShapeError(
+            f"{type(layer).__name__} received {len(state)} branches; merge them with "
+            "FanInSum()/FanInConcat() or give one layer per branch with parallel(...)"
+        )
+    return state
+
+
+def require_flat(state: KernelState, layer: Layer) -> KernelState:
+    """Return ``state`` if it is fully-connected; otherwise say how to flatten it."""
+    if state.is_spatial:
+        raise ShapeError(
+            f"{type(layer).__name__} expects flat (n, d) inputs but got spatial inputs of "
+            f"shape (C={state.width}, {', '.join(map(str, state.spatial))}); add Flatten() "
+            "or GlobalAvgPool() before it, or pass x.reshape(len(x), -1)"
+        )
+    return state

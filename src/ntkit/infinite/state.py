@@ -1,0 +1,81 @@
+"""The kernel state that flows through the layers of an infinite-width network.
+
+For a batch pair ``(x1, x2)`` the state holds, after each layer, the NNGP covariance of the
+pre-activations between every pair, the NTK, and each input's own variance (needed by the
+activations, whose Gaussian expectations depend on ``q11``, ``q12``, ``q22``).
+
+Layouts (``S`` is the spatial shape of one example, ``()`` for fully-connected layers):
+
+- pairwise, spatial-diagonal: ``nngp``/``ntk`` ``(n1, n2, *S)`` — covariance of position ``p``
+  of ``x1_i`` with the *same* position of ``x2_j``;
+- pairwise, full spatial: ``(n1, n2, *S, *S)`` — every position with every position
+  (needed by pooling; Novak et al. 2019, Arora et al. 2019);
+- ``diagonal=True``: the pairs ``(x1_i, x2_i)`` only, so the two batch axes become one.
+
+``var1`` is ``(n1, *S)`` and ``var2`` is ``(n2, *S)``: the variance at each position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class KernelState:
+    """Kernels of one batch pair at one point of the network (see the module docstring).
+
+    ``width`` is the feature (or channel) count of the finite network at this point: the
+    standard parameterization and ``FanInConcat`` need it. ``fresh`` is ``True`` right after
+    a zero-mean random affine layer (Dense/Conv, possibly followed by linear pooling): such
+    a branch is uncorrelated with any other branch, which ``FanInSum`` relies on.
+    """
+
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    var1: torch.Tensor
+    var2: torch.Tensor
+    width: int
+    spatial: tuple[int, ...] = ()
+    full_spatial: bool = False
+    diagonal: bool = False
+    fresh: bool = False
+
+    def replace(self, **changes) -> KernelState:
+        """Return a copy with the given fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def is_spatial(self) -> bool:
+        return len(self.spatial) > 0
+
+    def q11(self) -> torch.Tensor:
+        """``var1`` broadcastable against ``nngp``."""
+        return self._broadcast(self.var1, first=True)
+
+    def q22(self) -> torch.Tensor:
+        """``var2`` broadcastable against ``nngp``."""
+        return self._broadcast(self.var2, first=False)
+
+    def _broadcast(self, var: torch.Tensor, *, first: bool) -> torch.Tensor:
+        k = len(self.spatial)
+        if self.diagonal:
+            batch = var.shape[:1]
+        else:
+            batch = (var.shape[0], 1) if first else (1, var.shape[0])
+        if not self.full_spatial:
+            return var.reshape(*batch, *self.spatial)
+        ones = (1,) * k
+        spatial = (*self.spatial, *ones) if first else (*ones, *self.spatial)
+        return var.reshape(*batch, *spatial)
+
+
+def swap_pair_axes(t: torch.Tensor, n_spatial: int, full_spatial: bool) -> torch.Tensor:
+    """Return the kernel of the swapped pair: ``K[j, i, p', p]`` from ``K[i, j, p, p']``."""
+    if not full_spatial:
+        return t.transpose(0, 1)
+    first = list(range(2, 2 + n_spatial))
+    second = list(range(2 + n_spatial, 2 + 2 * n_spatial))
+    return t.permute(1, 0, *second, *first)
