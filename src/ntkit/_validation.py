@@ -101,6 +101,8 @@ def check_nonnegative(value: float | None, name: str, *, allow_none: bool = Fals
         if allow_none:
             return
         raise ParameterError(f"{name} must be a number >= 0, got None")
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.is_floating_point():
+        value = float(value.detach())
     if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
         raise ParameterError(f"{name} must be a number >= 0, got {value!r}")
     if not np.isfinite(value) or value < 0:

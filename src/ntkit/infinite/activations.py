@@ -85,16 +85,73 @@ class ABReLU(ElementwiseLayer):
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
 
     def expectations(self, q11, q22, q12, need_dot):
-        a, b = self.a, self.b
-        rho = (q12 * _inverse_sqrt(q11)) * _inverse_sqrt(q22)
-        theta = torch.arccos(rho.clamp_(-1.0, 1.0))
-        # dot = ((a² + b²)(π − θ) + 2abθ) / 2π, written as an affine map of θ.
-        dot = theta.mul_(-((a - b) ** 2) / (2 * math.pi)).add_((a * a + b * b) / 2)
-        nngp = q12 * dot
-        if a != b:
-            det = (q11 * q22).sub_(q12 * q12).clamp_(min=0).sqrt_()
-            nngp.add_(det, alpha=(a - b) ** 2 / (2 * math.pi))
+        nngp, dot = _ArcCosine.apply(q11, q22, q12, self.a, self.b)
         return nngp, (dot if need_dot else None)
+
+
+def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
+    """Returns ``(θ, E[φ'φ'], E[φφ], √(q11 q22 − q12²))`` for the ABReLU family.
+
+    ``θ = atan2(√det, q12)`` rather than ``arccos ρ``: on a point paired with itself
+    ``det`` is exactly 0, so ``θ = 0`` exactly; ``arccos`` would turn one rounding error
+    in ``ρ`` into an error of ``√ε`` in the kernel.
+    """
+    root_det = (q11 * q22).sub_(q12 * q12).clamp_(min=0).sqrt_()
+    theta = torch.atan2(root_det, q12)
+    theta = torch.where((q11 > 0) & (q22 > 0), theta, math.pi / 2)
+    # dot = ((a² + b²)(π − θ) + 2abθ) / 2π, written as an affine map of θ.
+    dot = theta.mul_(-((a - b) ** 2) / (2 * math.pi)).add_((a * a + b * b) / 2)
+    nngp = q12 * dot
+    if a != b:
+        nngp.add_(root_det, alpha=(a - b) ** 2 / (2 * math.pi))
+    return dot, nngp, root_det
+
+
+class _ArcCosine(torch.autograd.Function):
+    """Arc-cosine expectations with gradients that stay finite at ``|ρ| = 1``.
+
+    Price's theorem gives ``∂E[φφ]/∂q12 = E[φ'φ']`` and
+    ``∂E[φφ]/∂q11 = (a − b)² √(q11 q22 − q12²) / (4π q11)``; ``E[φ'φ']`` depends on ``ρ``
+    only, with ``dE[φ'φ']/dρ = (a − b)² / (2π √(1 − ρ²))``, which is infinite at ``|ρ| = 1``.
+    There the derivative is taken as 0: any change of the variances (e.g. of ``W_std`` or
+    ``b_std``) keeps ``ρ = 1`` for a point with itself, so the true directional derivative
+    is 0, while autograd would produce ``0 · ∞ = NaN``.
+    """
+
+    @staticmethod
+    def forward(ctx, q11, q22, q12, a, b):
+        dot, nngp, root_det = _arc_cosine_forward(q11, q22, q12, a, b)
+        ctx.save_for_backward(q11, q22, q12, dot, root_det)
+        ctx.c = (a - b) ** 2 / (2 * math.pi)
+        return nngp, dot
+
+    @staticmethod
+    def backward(ctx, g_nngp, g_dot):
+        q11, q22, q12, dot, root_det = ctx.saved_tensors
+        c = ctx.c
+        i1, i2 = _inverse_sqrt(q11), _inverse_sqrt(q22)
+        rho = q12 * i1 * i2
+        g11 = g22 = g12 = 0.0
+        if g_nngp is not None:
+            g12 = g_nngp * dot
+            g11 = g_nngp * (0.5 * c) * root_det * (i1 * i1)
+            g22 = g_nngp * (0.5 * c) * root_det * (i2 * i2)
+        if g_dot is not None and c != 0:
+            # √(1 − ρ²) = √det / √(q11 q22); treated as 0 below 1e-6 (see the docstring).
+            sin_theta = root_det * i1 * i2
+            inside = sin_theta > 1e-6
+            d_rho = torch.where(inside, c / torch.where(inside, sin_theta, 1.0), 0.0)
+            g_rho = g_dot * d_rho
+            g12 = g12 + g_rho * i1 * i2
+            g11 = g11 - g_rho * rho * 0.5 * (i1 * i1)
+            g22 = g22 - g_rho * rho * 0.5 * (i2 * i2)
+
+        def reduce(grad, like):
+            if isinstance(grad, float):
+                return torch.zeros_like(like)
+            return grad.sum_to_size(like.shape)
+
+        return reduce(g11, q11), reduce(g22, q22), reduce(g12, q12), None, None
 
 
 class ReLU(ABReLU):

@@ -13,6 +13,11 @@ from .layers import Layer, Shape, State, require_flat, require_single
 PARAMETERIZATIONS = ("ntk", "standard")
 
 
+def _as_scalar(value: float | torch.Tensor) -> float | torch.Tensor:
+    """Keep 0-dim tensors (differentiable hyperparameters); plain numbers become floats."""
+    return value if isinstance(value, torch.Tensor) else float(value)
+
+
 class Dense(Layer):
     """Fully-connected layer of ``width`` outputs.
 
@@ -23,7 +28,8 @@ class Dense(Layer):
     respect to the unscaled weights carries the fan-in; Sohl-Dickstein et al. 2020), so this
     kernel grows with the stated widths.
 
-    ``b_std=None`` means no bias.
+    ``b_std=None`` means no bias. ``W_std``/``b_std`` may be 0-dim tensors with
+    ``requires_grad`` to differentiate kernels with respect to them.
     """
 
     def __init__(
@@ -36,8 +42,8 @@ class Dense(Layer):
         self.width = check_positive_int(width, "width")
         check_nonnegative(W_std, "W_std")
         check_nonnegative(b_std, "b_std", allow_none=True)
-        self.W_std = float(W_std)
-        self.b_std = None if b_std is None else float(b_std)
+        self.W_std = _as_scalar(W_std)
+        self.b_std = None if b_std is None else _as_scalar(b_std)
         self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
 
     def apply_kernel(self, state: State) -> State:

@@ -57,6 +57,8 @@ def input_state(
         b = x2.reshape(x2.shape[0], width, -1)
         nngp = torch.einsum("icp,jcq->ijpq", a, b) / width
         nngp = nngp.reshape(x1.shape[0], x2.shape[0], *spatial, *spatial)
+    if same:
+        _pin_self_pairs(nngp, var1, diagonal, full_spatial and bool(spatial))
     return KernelState(
         nngp=nngp,
         ntk=nngp.clone() if want_ntk else None,
@@ -67,6 +69,29 @@ def input_state(
         full_spatial=full_spatial and bool(spatial),
         diagonal=diagonal,
     )
+
+
+def _pin_self_pairs(nngp: torch.Tensor, var: torch.Tensor, diagonal: bool, full: bool) -> None:
+    """Make each example's covariance with itself equal its variance, bit for bit.
+
+    Kernels such as the arc-cosine one are not Lipschitz at correlation 1, so the one-ulp
+    difference between a Gram-matrix diagonal and a sum of squares would grow to ``√ε``.
+    """
+    n = var.shape[0]
+    idx = torch.arange(n, device=var.device)
+    flat_var = var.reshape(n, -1)
+    if diagonal and not full:
+        return  # nngp is var itself
+    if diagonal:
+        view = nngp.reshape(n, flat_var.shape[1], flat_var.shape[1])
+        view.diagonal(dim1=1, dim2=2).copy_(flat_var)
+    elif not full:
+        nngp.reshape(n, n, -1)[idx, idx] = flat_var
+    else:
+        p = flat_var.shape[1]
+        view = nngp.reshape(n, n, p, p)[idx, idx]  # (n, p, p) copy
+        view.diagonal(dim1=1, dim2=2).copy_(flat_var)
+        nngp.reshape(n, n, p, p)[idx, idx] = view
 
 
 def evaluate(
@@ -136,7 +161,8 @@ def _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget) -> Kernel:
         c_start = r0 if symmetric else 0
         for c0 in range(c_start, n2, col_block):
             c1 = min(n2, c0 + col_block)
-            state = run(x1[r0:r1], cols_src[c0:c1], False)
+            same_rows = symmetric and c0 == r0 and c1 == r1
+            state = run(x1[r0:r1], None if same_rows else cols_src[c0:c1], False)
             if out_nngp is None:
                 shape = (n1, n2, *state.nngp.shape[2:])
                 out_nngp = state.nngp.new_empty(shape)

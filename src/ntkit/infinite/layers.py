@@ -86,7 +86,9 @@ class Layer(abc.ABC):
                     f"x1 and x2 must have the same example shape, got {tuple(x1.shape[1:])} "
                     f"and {tuple(x2.shape[1:])}; reshape one of them"
                 )
-            if diagonal and x2.shape[0] != x1.shape[0]:
+            if x2.shape == x1.shape and torch.equal(x1, x2):
+                x2 = None  # k(x, x): compute the symmetric half, pairs with itself exact
+            elif diagonal and x2.shape[0] != x1.shape[0]:
                 raise ShapeError(
                     f"diagonal=True pairs x1[i] with x2[i], so both need the same number of "
                     f"rows; got {x1.shape[0]} and {x2.shape[0]}"
