@@ -70,6 +70,8 @@ def as_tensor(
             np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
         ):
             raise ShapeError(f"{name} must be numeric, got an array of dtype {arr.dtype}")
+        if not arr.flags.writeable:  # torch warns on read-only buffers; copy those
+            arr = arr.copy()
         t = torch.as_tensor(arr, device=device)
     t = t.to(dtype=resolve_dtype(dtype))
     if t.ndim < min_ndim or (max_ndim is not None and t.ndim > max_ndim):

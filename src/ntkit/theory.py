@@ -105,12 +105,16 @@ def two_layer_ntk(
     check_choice(method, "method", METHODS)
     dtype = resolve_dtype(dtype)
     x1 = as_tensor(x1, "x1", dtype=dtype, min_ndim=2, max_ndim=2)
-    x2 = x1 if x2 is None else as_tensor(x2, "x2", dtype=dtype, min_ndim=2, max_ndim=2,
-                                         device=x1.device)
+    symmetric = x2 is None
+    x2 = x1 if symmetric else as_tensor(x2, "x2", dtype=dtype, min_ndim=2, max_ndim=2,
+                                        device=x1.device)
     if x1.shape[1] != x2.shape[1]:
         raise ShapeError(f"x1 has {x1.shape[1]} features but x2 has {x2.shape[1]}")
     fn, dfn, layer = _resolve(activation)
     gram = x1 @ x2.T
+    # Squared norms; with x2 = x1 taken from the Gram diagonal so that ξ_ii = 1 exactly.
+    sq1 = gram.diagonal().clone() if symmetric else (x1 * x1).sum(1)
+    sq2 = sq1 if symmetric else (x2 * x2).sum(1)
     if method == "monte_carlo":
         n_samples = check_positive_int(n_samples, "n_samples")
         generator = torch.Generator(device=x1.device)
@@ -120,11 +124,10 @@ def two_layer_ntk(
         z1, z2 = x1 @ B, x2 @ B
         kernel = gram * (dfn(z1) @ dfn(z2).T) / n_samples + (fn(z1) @ fn(z2).T) / n_samples
     else:
-        q11 = (x1 * x1).sum(1)[:, None]
-        q22 = (x2 * x2).sum(1)[None, :]
+        q11, q22 = sq1[:, None], sq2[None, :]
         if method == "closed_form":
             if layer is not None and type(layer).__name__ == "ReLU":
-                kernel = _relu_lecture_form(x1, x2)
+                kernel = _relu_lecture_form(gram, q11, q22)
             elif _has_closed_form(layer):
                 nngp, dot = layer.expectations(q11, q22, gram, True)
                 kernel = gram * dot + nngp
@@ -141,12 +144,17 @@ def two_layer_ntk(
     return kernel
 
 
-def _relu_lecture_form(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """``‖x‖‖x'‖ [2ξ(π − arccos ξ) + √(1 − ξ²)] / (2π)``, literally (ξ clamped to [−1, 1])."""
-    norms = x1.norm(dim=1)[:, None] * x2.norm(dim=1)[None, :]
-    safe = torch.where(norms > 0, norms, 1.0)
-    xi = torch.where(norms > 0, (x1 @ x2.T) / safe, 0.0).clamp(-1.0, 1.0)
-    return norms * (2 * xi * (math.pi - torch.arccos(xi)) + torch.sqrt(1 - xi * xi)) / (2 * math.pi)
+def _relu_lecture_form(gram: torch.Tensor, q11: torch.Tensor, q22: torch.Tensor) -> torch.Tensor:
+    """``‖x‖‖x'‖ [2ξ(π − arccos ξ) + √(1 − ξ²)] / (2π)`` with ``ξ = cos θ``.
+
+    ``θ = arccos ξ`` is evaluated as ``atan2(√(‖x‖²‖x'‖² − <x,x'>²), <x,x'>)``, which is
+    exact at ``ξ = 1`` (``arccos`` turns one rounding error in ``ξ`` into ``√ε``); a zero
+    input gives 0.
+    """
+    norms = torch.sqrt(q11 * q22)
+    theta = torch.atan2(torch.sqrt((q11 * q22 - gram * gram).clamp_min(0)), gram)
+    xi = torch.cos(theta)
+    return norms * (2 * xi * (math.pi - theta) + torch.sin(theta)) / (2 * math.pi)
 
 
 class TwoLayerNet(nn.Module):

@@ -88,7 +88,9 @@ class FanOut(Layer):
         self.n = check_positive_int(n, "n")
 
     def apply_kernel(self, state: State) -> State:
-        return (require_single(state, self),) * self.n
+        # The copies share their randomness: a branch is "fresh" (uncorrelated with the
+        # others) only once it applies a random affine layer of its own.
+        return (require_single(state, self).replace(fresh=False),) * self.n
 
     def build_module(self, in_shape, generator, dtype):
         if isinstance(in_shape, list):
@@ -107,7 +109,8 @@ class FanInSum(Layer):
 
     The kernels of a sum add only when the cross-covariances vanish, which holds when all
     branches but at most one end in a zero-mean random affine layer (Dense/Conv, possibly
-    followed by pooling): e.g. a residual block ``x + Dense(ReLU(x))``. Other merges raise.
+    followed by pooling) applied after the ``FanOut``: e.g. a residual block
+    ``x + Dense(ReLU(x))``. Other merges raise.
     """
 
     def apply_kernel(self, state: State) -> State:

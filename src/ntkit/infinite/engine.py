@@ -61,7 +61,7 @@ def input_state(
         _pin_self_pairs(nngp, var1, diagonal, full_spatial and bool(spatial))
     return KernelState(
         nngp=nngp,
-        ntk=nngp.clone() if want_ntk else None,
+        ntk=torch.zeros_like(nngp) if want_ntk else None,  # no parameters before the input
         var1=var1,
         var2=var2,
         width=width,

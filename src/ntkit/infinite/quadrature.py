@@ -45,34 +45,35 @@ def gaussian_expectation(
 
     ``q11``, ``q22``, ``q12`` broadcast to a common shape, which the result has. ``degree``
     is the number of Gauss–Legendre nodes per angular piece and of Gauss–Laguerre nodes
-    (``4·degree²`` evaluations of ``f`` and ``g`` per entry). ``ρ`` is clamped to ``[−1, 1]``
+    (``4·degree²`` evaluations of ``f`` and ``g`` per entry). ``|ρ| ≤ 1`` is enforced
     and a zero variance is treated as ``ρ = 0`` (its variable is identically 0).
     """
     shape = torch.broadcast_shapes(q11.shape, q22.shape, q12.shape)
     dtype, device = q12.dtype, q12.device
     a, wa, r, wr = (torch.as_tensor(v, dtype=dtype, device=device) for v in _nodes(degree))
-    s1 = torch.sqrt(q11.clamp_min(0)).expand(shape).reshape(-1)
-    s2 = torch.sqrt(q22.clamp_min(0)).expand(shape).reshape(-1)
+    q11 = q11.clamp_min(0).expand(shape).reshape(-1)
+    q22 = q22.clamp_min(0).expand(shape).reshape(-1)
     c12 = q12.expand(shape).reshape(-1)
-    out = torch.empty(s1.shape, dtype=dtype, device=device)
+    out = torch.empty(q11.shape, dtype=dtype, device=device)
     per_entry = 4 * degree * degree
     chunk = max(1, _CHUNK_EVALUATIONS // per_entry)
-    for i in range(0, s1.numel(), chunk):
+    for i in range(0, q11.numel(), chunk):
         sl = slice(i, i + chunk)
-        out[sl] = _chunk(f, g, s1[sl], s2[sl], c12[sl], a, wa, r, wr)
+        out[sl] = _chunk(f, g, q11[sl], q22[sl], c12[sl], a, wa, r, wr)
     return out.reshape(shape)
 
 
-def _chunk(f, g, s1, s2, c12, a, wa, r, wr) -> torch.Tensor:
-    prod = s1 * s2
-    rho = torch.where(prod > 0, c12 / torch.where(prod > 0, prod, 1.0), 0.0).clamp(-1.0, 1.0)
-    beta = torch.arccos(rho)[:, None]
+def _chunk(f, g, q11, q22, c12, a, wa, r, wr) -> torch.Tensor:
+    s1, s2 = torch.sqrt(q11), torch.sqrt(q22)
+    # β = arccos ρ, via atan2 so that a point paired with itself gets β = 0 exactly.
+    root_det = torch.sqrt((q11 * q22 - c12 * c12).clamp_min(0))
+    beta = torch.where(q11 * q22 > 0, torch.atan2(root_det, c12), math.pi / 2)[:, None]
     # Angular nodes and weights on [0, β] then [β, π]: shape (P, 2A).
     phi = torch.cat([beta * a, beta + (math.pi - beta) * a], dim=1)
     w_phi = torch.cat([beta * wa, (math.pi - beta) * wa], dim=1)
     u = (s1[:, None] * torch.sin(phi))[:, :, None] * r
     v = (s2[:, None] * torch.sin(phi - beta))[:, :, None] * r
-    inner = (f(u) * g(v) + f(-u) * g(-v)) @ wr
+    inner = (f(u) * g(v) + f(-u) * g(-v)).to(wr.dtype) @ wr
     return (inner * w_phi).sum(1) / (2.0 * math.pi)
 
 
