@@ -17,6 +17,9 @@ from ..kernel import Kernel
 from .state import KernelState, swap_pair_axes
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
+# Tiles of about this many kernel entries keep a layer's elementwise passes in cache
+# (measured: 512² float64 entries is ~3x faster than 1400² for the depth-3 ReLU MLP).
+_CACHE_TILE_ENTRIES = 512 * 512
 # Live temporaries per pair entry during a layer: inputs, outputs and a few scratch arrays.
 _TEMPORARIES_PER_ENTRY = 12
 
@@ -148,7 +151,9 @@ def _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget) -> Kernel:
     symmetric = x2 is None
     cols_src = x1 if symmetric else x2
     n1, n2 = x1.shape[0], cols_src.shape[0]
-    side = max(1, math.isqrt(budget // bytes_per_pair))
+    entries_per_pair = bytes_per_pair // (x1.element_size() * _TEMPORARIES_PER_ENTRY)
+    side = max(1, min(math.isqrt(budget // bytes_per_pair),
+                      math.isqrt(max(1, _CACHE_TILE_ENTRIES // max(1, entries_per_pair)))))
     row_block = min(n1, side)
     col_block = min(n2, max(side, (budget // bytes_per_pair) // row_block))
     if symmetric:
