@@ -97,6 +97,51 @@ def _pin_self_pairs(nngp: torch.Tensor, var: torch.Tensor, diagonal: bool, full:
         nngp.reshape(n, n, p, p)[idx, idx] = view
 
 
+def pair_bytes(layer, x: torch.Tensor, want_ntk: bool) -> int:
+    """Estimated bytes of temporaries per pair of examples while ``layer`` runs on ``x``."""
+    full = layer.needs_full_spatial() and x.ndim > 2
+    n_pos = math.prod(x.shape[2:])
+    entries = n_pos * n_pos if full else n_pos
+    return entries * x.element_size() * _TEMPORARIES_PER_ENTRY * (2 if want_ntk else 1)
+
+
+def check_budget(per_pair: int, budget: int) -> None:
+    """Raise MemoryBudgetError when not even one pair of examples fits in ``budget``."""
+    if per_pair > budget:
+        raise MemoryBudgetError(
+            f"one pair of examples needs about {per_pair / 2**20:.1f} MiB of temporaries "
+            f"but memory_budget is {budget / 2**20:.1f} MiB; raise memory_budget to at least "
+            f"{per_pair} bytes"
+        )
+
+
+def tile_side(per_pair: int, budget: int, element_size: int) -> int:
+    """Side of a square tile of example pairs: within ``budget`` and about cache-sized."""
+    entries_per_pair = max(1, per_pair // (element_size * _TEMPORARIES_PER_ENTRY))
+    return max(1, min(math.isqrt(budget // per_pair),
+                      math.isqrt(max(1, _CACHE_TILE_ENTRIES // entries_per_pair))))
+
+
+def kernel_block(
+    layer, a: torch.Tensor, b: torch.Tensor | None, *, want_ntk: bool, diagonal: bool = False
+) -> KernelState:
+    """The output kernel state of ``layer`` for rows ``a`` and columns ``b``.
+
+    ``b=None`` means ``b = a`` (each example's pair with itself is then exact). This is one
+    tile: callers such as :func:`evaluate` or ``ntkit.linalg`` bound its size.
+    """
+    full = layer.needs_full_spatial() and a.ndim > 2
+    state = layer.apply_kernel(
+        input_state(a, b, want_ntk=want_ntk, diagonal=diagonal, full_spatial=full)
+    )
+    if isinstance(state, tuple):
+        raise ShapeError(
+            f"the architecture ends with {len(state)} branches; merge them with "
+            "FanInSum() or FanInConcat()"
+        )
+    return state
+
+
 def evaluate(
     layer,
     x1: torch.Tensor,
@@ -107,32 +152,15 @@ def evaluate(
     memory_budget: int | None,
 ) -> Kernel:
     """Run ``layer`` on the input kernel of ``(x1, x2)`` tile by tile; see module docstring."""
-    full = layer.needs_full_spatial() and x1.ndim > 2
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
-    n_pos = math.prod(x1.shape[2:])
-    entries_per_pair = n_pos * n_pos if full else n_pos
-    bytes_per_pair = entries_per_pair * x1.element_size() * _TEMPORARIES_PER_ENTRY * (
-        2 if want_ntk else 1
-    )
-    if bytes_per_pair > budget:
-        raise MemoryBudgetError(
-            f"one pair of examples needs about {bytes_per_pair / 2**20:.1f} MiB of temporaries "
-            f"but memory_budget is {budget / 2**20:.1f} MiB; raise memory_budget"
-        )
+    per_pair = pair_bytes(layer, x1, want_ntk)
+    check_budget(per_pair, budget)
 
     def run(a: torch.Tensor, b: torch.Tensor | None, diag: bool) -> KernelState:
-        state = layer.apply_kernel(
-            input_state(a, b, want_ntk=want_ntk, diagonal=diag, full_spatial=full)
-        )
-        if isinstance(state, tuple):
-            raise ShapeError(
-                f"the architecture ends with {len(state)} branches; merge them with "
-                "FanInSum() or FanInConcat()"
-            )
-        return state
+        return kernel_block(layer, a, b, want_ntk=want_ntk, diagonal=diag)
 
     if diagonal:
-        rows = max(1, budget // bytes_per_pair)
+        rows = max(1, budget // per_pair)
         parts = [run(x1[i : i + rows], None if x2 is None else x2[i : i + rows], True)
                  for i in range(0, x1.shape[0], rows)]
         var1 = torch.cat([p.var1 for p in parts])
@@ -144,16 +172,14 @@ def evaluate(
             var2=var2,
             diagonal=True,
         )
-    return _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget)
+    return _evaluate_tiles(run, x1, x2, want_ntk, per_pair, budget)
 
 
 def _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget) -> Kernel:
     symmetric = x2 is None
     cols_src = x1 if symmetric else x2
     n1, n2 = x1.shape[0], cols_src.shape[0]
-    entries_per_pair = bytes_per_pair // (x1.element_size() * _TEMPORARIES_PER_ENTRY)
-    side = max(1, min(math.isqrt(budget // bytes_per_pair),
-                      math.isqrt(max(1, _CACHE_TILE_ENTRIES // max(1, entries_per_pair)))))
+    side = tile_side(bytes_per_pair, budget, x1.element_size())
     row_block = min(n1, side)
     col_block = min(n2, max(side, (budget // bytes_per_pair) // row_block))
     if symmetric:
