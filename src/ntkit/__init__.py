@@ -6,7 +6,8 @@ an architecture (``nk.serial(nk.Dense(512), nk.ReLU(), nk.Dense(1))``), whose
 the matching finite network; the lecture's closed forms in ``nk.theory``.
 """
 
-from . import errors, theory
+from . import bounds, errors, predict, theory
+from .bounds import corrupt_labels
 from .errors import NtkitError
 from .infinite import (
     GELU,
@@ -30,6 +31,14 @@ from .infinite import (
     serial,
 )
 from .kernel import Kernel
+from .predict import (
+    gp_posterior,
+    gradient_descent,
+    gradient_descent_mse,
+    kernel_regression,
+    loss_curve,
+    max_learning_rate,
+)
 
 __version__ = "0.1.0"
 
@@ -53,9 +62,18 @@ __all__ = [
     "Softplus",
     "Tanh",
     "__version__",
+    "bounds",
+    "corrupt_labels",
     "errors",
+    "gp_posterior",
+    "gradient_descent",
+    "gradient_descent_mse",
+    "kernel_regression",
+    "loss_curve",
+    "max_learning_rate",
     "mlp",
     "parallel",
+    "predict",
     "serial",
     "theory",
 ]

@@ -166,9 +166,7 @@ def prepare_cross(k: Any, kd: KernelData, name: str = "k_test_train") -> tuple[t
     t = as_tensor(k, name, dtype=kd.dtype, device=kd.device, min_ndim=2, max_ndim=4)
     if t.ndim != want_nd:
         want = "(m, n)" if kd.out is None else f"(m, n, {kd.out}, {kd.out})"
-        raise ShapeError(
-            f"{name} has shape {tuple(t.shape)}; with this training kernel it must be {want}"
-        )
+        raise ShapeError(f"{name} has shape {tuple(t.shape)}; with this training kernel it must be {want}")
     if t.shape[1] != kd.n or (kd.out is not None and tuple(t.shape[2:]) != (kd.out, kd.out)):
         want = f"(m, {kd.n})" if kd.out is None else f"(m, {kd.n}, {kd.out}, {kd.out})"
         raise ShapeError(
@@ -181,9 +179,7 @@ def prepare_cross(k: Any, kd: KernelData, name: str = "k_test_train") -> tuple[t
     return t, m
 
 
-def prepare_outputs(
-    fx: Any, tg: Targets, m: int, name: str, kd: KernelData
-) -> torch.Tensor:
+def prepare_outputs(fx: Any, tg: Targets, m: int, name: str, kd: KernelData) -> torch.Tensor:
     """Validate initial outputs of shape ``(m,) + y.shape[1:]`` (None → zeros); return (M, c)."""
     rows = tg.rows(m)
     if fx is None:
@@ -204,9 +200,7 @@ def to_caller(mat: torch.Tensor, tg: Targets, m: int) -> torch.Tensor:
     return mat.reshape(*lead, m, *tg.shape[1:])
 
 
-def prepare_times(
-    k: Any, name: str, *, discrete: bool, allow_inf: bool = True
-) -> tuple[torch.Tensor, bool]:
+def prepare_times(k: Any, name: str, *, discrete: bool, allow_inf: bool = True) -> tuple[torch.Tensor, bool]:
     """Validate times/steps: a scalar or a 1-D sequence of numbers >= 0.
 
     Returns a float64 CPU tensor ``(T,)`` and whether the input was a scalar.
@@ -229,8 +223,7 @@ def prepare_times(
         raise NonFiniteError(f"{name} contains NaN")
     if (arr < 0).any():
         raise ParameterError(
-            f"{name} must be >= 0 (training runs forward from initialization), got "
-            f"{arr[arr < 0][0]}"
+            f"{name} must be >= 0 (training runs forward from initialization), got {arr[arr < 0][0]}"
         )
     inf = np.isinf(arr)
     if inf.any() and not allow_inf:

@@ -34,7 +34,13 @@ def _ridge_hint(A: torch.Tensor) -> str:
     return f"{max(scale, 1e-300) * 1e-8:.1e}"
 
 
-def estimate_cond(A: torch.Tensor, L: torch.Tensor, iters: int = 12) -> float:
+def _chol_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    # two triangular solves: several times faster than torch.cholesky_solve on CPU
+    Z = torch.linalg.solve_triangular(L, B, upper=False)
+    return torch.linalg.solve_triangular(L.mT, Z, upper=True)
+
+
+def estimate_cond(A: torch.Tensor, L: torch.Tensor, iters: int = 5) -> float:
     """Estimate the 2-norm condition number of SPD ``A`` from its Cholesky factor ``L``.
 
     Combines the pivots (``min L_ii² >= λ_min``, ``max A_ii <= λ_max``) with a few steps of
@@ -49,17 +55,17 @@ def estimate_cond(A: torch.Tensor, L: torch.Tensor, iters: int = 12) -> float:
     if N == 1:
         return 1.0
     gen = torch.Generator(device="cpu").manual_seed(1234)
-    V = torch.randn(N, 3, generator=gen, dtype=torch.float64).to(A)
+    V = torch.randn(N, 2, generator=gen, dtype=torch.float64).to(A)
     V[:, 0] = 1.0
     V = V / V.norm(dim=0)
     U = V.clone()
     for _ in range(iters):
         V = A @ V
         V = V / V.norm(dim=0).clamp_min(1e-300)
-        U = torch.cholesky_solve(U, L)
+        U = _chol_solve(L, U)
         U = U / U.norm(dim=0).clamp_min(1e-300)
     lam_max = max(lam_max, float((V * (A @ V)).sum(0).max()))
-    inv_rq = float((U * torch.cholesky_solve(U, L)).sum(0).max())
+    inv_rq = float((U * _chol_solve(L, U)).sum(0).max())
     if inv_rq > 0:
         lam_min = min(lam_min, 1.0 / inv_rq)
     if lam_min <= 0:
@@ -149,9 +155,7 @@ def solve_psd(
             "Use ridge > 0 or pinv=True, or remove (near-)duplicate training points.",
             stacklevel + 1,
         )
-        X = torch.cholesky_solve(B, L)
+        X = _chol_solve(L, B)
     if not bool(torch.isfinite(X).all()):
-        raise NonFiniteError(
-            f"solving with {what} overflowed to NaN/Inf; use ridge > 0 or a larger rcond"
-        )
+        raise NonFiniteError(f"solving with {what} overflowed to NaN/Inf; use ridge > 0 or a larger rcond")
     return X

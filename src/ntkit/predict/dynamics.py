@@ -75,7 +75,12 @@ class GradientDescentMSE:
     """
 
     def __init__(
-        self, kd: KernelData, tg: Targets, learning_rate: float | None, ridge: float
+        self,
+        kd: KernelData,
+        tg: Targets,
+        learning_rate: float | None,
+        ridge: float,
+        _stacklevel: int = 3,
     ) -> None:
         self._kd, self._tg = kd, tg
         lam, V = eigh_psd(kd.K, kd.tol, "k_train_train")
@@ -96,7 +101,7 @@ class GradientDescentMSE:
                 f"{self.max_learning_rate:.4g} (= 2n/λ_max): discrete gradient descent "
                 "diverges (or oscillates) along the top eigenvector",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=_stacklevel,
             )
 
     # -- spectral factors -------------------------------------------------------------------
@@ -232,9 +237,7 @@ class GradientDescentMSE:
         """
         return self._loss_parts(k, fx_train_0)[0]
 
-    def _loss_parts(
-        self, k: Any, fx_train_0: Any | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _loss_parts(self, k: Any, fx_train_0: Any | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         kd, tg = self._kd, self._tg
         f0 = None if fx_train_0 is None else prepare_outputs(fx_train_0, tg, kd.n, "fx_train_0", kd)
         co, scalar, _ = self._coefficients(k)
@@ -282,12 +285,23 @@ def gradient_descent_mse(
         >>> f_k = pred.train([0, 10, 100])              # (3, n)
         >>> f_test = pred.test(100, K_test_train)        # (m,)
     """
+    return _build(k_train_train, y_train, learning_rate, ridge, dtype, stacklevel=4)
+
+
+def _build(
+    k_train_train: Any,
+    y_train: Any,
+    learning_rate: float | None,
+    ridge: float,
+    dtype: Any,
+    stacklevel: int,
+) -> GradientDescentMSE:
     dt = work_dtype(dtype)
     kd = prepare_kernel(k_train_train, "k_train_train", dt)
     tg = prepare_targets(y_train, kd)
     lr = None if learning_rate is None else check_scalar(learning_rate, "learning_rate", positive=True)
     ridge = check_scalar(ridge, "ridge")
-    return GradientDescentMSE(kd, tg, lr, ridge)
+    return GradientDescentMSE(kd, tg, lr, ridge, _stacklevel=stacklevel)
 
 
 class LossCurve(NamedTuple):
@@ -344,9 +358,7 @@ def loss_curve(
     Returns:
         A :class:`LossCurve`.
     """
-    pred = gradient_descent_mse(
-        k_train_train, y_train, learning_rate=learning_rate, ridge=ridge, dtype=dtype
-    )
+    pred = _build(k_train_train, y_train, learning_rate, ridge, dtype, stacklevel=4)
     loss, res_sq, C = pred._loss_parts(steps_or_t, fx_train_0)
     proj = C if (pred._kd.out is None and len(pred._tg.shape) == 2) else C[:, 0]
     return LossCurve(loss, res_sq, pred.eigenvalues, proj)

@@ -187,11 +187,10 @@ def gp_posterior(
     th_xt, m2 = prepare_cross(ntk_test_train, kth, "ntk_test_train")
     if m2 != m:
         raise ShapeError(
-            f"ntk_test_train has {m2} test rows but nngp_test_train has {m}; use the same "
-            "test points"
+            f"ntk_test_train has {m2} test rows but nngp_test_train has {m}; use the same test points"
         )
     lr = None if learning_rate is None else check_scalar(learning_rate, "learning_rate", positive=True)
-    dyn = GradientDescentMSE(kth, tg, lr, diag_reg)
+    dyn = GradientDescentMSE(kth, tg, lr, diag_reg, _stacklevel=3)
     co, scalar, has_inf = dyn._coefficients(float("inf") if t is None else t)
     if has_inf:
         dyn._warn_inf()

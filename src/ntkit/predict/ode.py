@@ -65,6 +65,11 @@ class GradientDescentODE:
     (float64 state, results cast to the requested dtype and moved to the kernel's device).
     ``t`` is a scalar or a 1-D sequence of finite times ``>= 0`` (any order); a sequence adds
     a leading time axis.
+
+    Attributes:
+        loss_name: ``"mse"``, ``"cross_entropy"`` or the callable's ``__name__``.
+        learning_rate: ``η``.
+        method, rtol, atol: the :func:`scipy.integrate.solve_ivp` settings.
     """
 
     def __init__(
@@ -82,7 +87,7 @@ class GradientDescentODE:
     ) -> None:
         self._kd = kd
         self._y = y
-        self.loss = loss_name
+        self.loss_name = loss_name
         self._loss_fn = loss_fn
         self._grad_fn = grad_fn
         self.learning_rate = learning_rate
@@ -109,7 +114,7 @@ class GradientDescentODE:
                 )
         elif self._loss_fn is None and tuple(t.shape[1:]) != tuple(self._y.shape[1:]):
             raise ShapeError(
-                f"{name} has shape {tuple(t.shape)}; for loss={self.loss!r} it must be "
+                f"{name} has shape {tuple(t.shape)}; for loss={self.loss_name!r} it must be "
                 f"{(m, *self._y.shape[1:])}, the layout of y_train"
             )
         return t, tuple(t.shape)
@@ -224,13 +229,9 @@ class GradientDescentODE:
             if fx_test_0 is None:
                 ft0 = torch.zeros((m, *shape[1:]), dtype=torch.float64, device=kd.device)
             else:
-                ft0 = as_tensor(
-                    fx_test_0, "fx_test_0", dtype=torch.float64, device=kd.device, min_ndim=1
-                )
+                ft0 = as_tensor(fx_test_0, "fx_test_0", dtype=torch.float64, device=kd.device, min_ndim=1)
                 if tuple(ft0.shape) != (m, *shape[1:]):
-                    raise ShapeError(
-                        f"fx_test_0 has shape {tuple(ft0.shape)}, expected {(m, *shape[1:])}"
-                    )
+                    raise ShapeError(f"fx_test_0 has shape {tuple(ft0.shape)}, expected {(m, *shape[1:])}")
         elif fx_test_0 is not None:
             raise ParameterError("fx_test_0 was given without k_test_train; pass both or neither")
         train, test, scalar = self._run(t, kt, f0, ft0)
@@ -312,16 +313,22 @@ def gradient_descent(
     kd = prepare_kernel(k_train_train, "k_train_train", torch.float64)
     y = as_tensor(y_train, "y_train", dtype=torch.float64, device=kd.device, min_ndim=1)
     if y.shape[0] != kd.n:
-        raise ShapeError(
-            f"y_train has {y.shape[0]} rows but k_train_train is for {kd.n} examples"
-        )
+        raise ShapeError(f"y_train has {y.shape[0]} rows but k_train_train is for {kd.n} examples")
     lr = check_scalar(learning_rate, "learning_rate", positive=True)
     rtol = check_scalar(rtol, "rtol", positive=True)
     atol = check_scalar(atol, "atol", positive=True)
     grad_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
     if callable(loss):
         return GradientDescentODE(
-            kd, y, getattr(loss, "__name__", "callable"), loss, None, lr, method, rtol, atol,
+            kd,
+            y,
+            getattr(loss, "__name__", "callable"),
+            loss,
+            None,
+            lr,
+            method,
+            rtol,
+            atol,
             out_dtype,
         )
     if loss not in ("mse", "cross_entropy"):
@@ -331,9 +338,7 @@ def gradient_descent(
     if y.ndim > 2:
         raise ShapeError(f"y_train must be (n,) or (n, o), got {tuple(y.shape)}")
     if kd.out is not None and (y.shape[1] if y.ndim == 2 else 1) != kd.out:
-        raise ShapeError(
-            f"y_train has shape {tuple(y.shape)} but the multi-output kernel has o = {kd.out}"
-        )
+        raise ShapeError(f"y_train has shape {tuple(y.shape)} but the multi-output kernel has o = {kd.out}")
     if loss == "mse":
         grad_fn = _mse_grad
     elif y.ndim == 1:
@@ -341,9 +346,7 @@ def gradient_descent(
         grad_fn = _ce_binary_grad
     else:
         if y.shape[1] < 2:
-            raise ShapeError(
-                "loss='cross_entropy' with y_train (n, 1): pass binary labels as shape (n,)"
-            )
+            raise ShapeError("loss='cross_entropy' with y_train (n, 1): pass binary labels as shape (n,)")
         if bool((y < 0).any()) or not torch.allclose(
             y.sum(-1), torch.ones(y.shape[0], dtype=y.dtype, device=y.device), atol=1e-6
         ):
