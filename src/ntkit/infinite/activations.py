@@ -98,7 +98,8 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
     """
     root_det = (q11 * q22).sub_(q12 * q12).clamp_(min=0).sqrt_()
     theta = torch.atan2(root_det, q12)
-    theta = torch.where((q11 > 0) & (q22 > 0), theta, math.pi / 2)
+    if not (bool((q11 > 0).all()) and bool((q22 > 0).all())):  # checked on the small vectors
+        theta = torch.where((q11 > 0) & (q22 > 0), theta, math.pi / 2)
     # dot = ((a² + b²)(π − θ) + 2abθ) / 2π, written as an affine map of θ.
     dot = theta.mul_(-((a - b) ** 2) / (2 * math.pi)).add_((a * a + b * b) / 2)
     nngp = q12 * dot
