@@ -8,6 +8,7 @@ the matching finite network; the lecture's closed forms in ``nk.theory``.
 
 from . import bounds, errors, predict, theory
 from .bounds import corrupt_labels
+from .empirical import empirical_ntk
 from .errors import NtkitError
 from .infinite import (
     GELU,
@@ -31,6 +32,8 @@ from .infinite import (
     serial,
 )
 from .kernel import Kernel
+from .linearize import linearize
+from .monte_carlo import monte_carlo_kernel
 from .predict import (
     gp_posterior,
     gradient_descent,
@@ -64,14 +67,17 @@ __all__ = [
     "__version__",
     "bounds",
     "corrupt_labels",
+    "empirical_ntk",
     "errors",
     "gp_posterior",
     "gradient_descent",
     "gradient_descent_mse",
     "kernel_regression",
+    "linearize",
     "loss_curve",
     "max_learning_rate",
     "mlp",
+    "monte_carlo_kernel",
     "parallel",
     "predict",
     "serial",
