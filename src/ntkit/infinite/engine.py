@@ -3,7 +3,9 @@
 Every layer acts on each pair of examples independently, so the ``(n1, n2)`` pair grid can
 be cut into tiles that are computed one after another under a memory budget. With
 ``x2=None`` only the tiles on and above the block diagonal are computed; the rest are
-their transposes.
+their transposes. Architectures that pool full spatial covariances go through
+:mod:`ntkit.infinite.pairs` instead (lists of pairs that carry each example's covariance
+with itself, which the pooled variances need).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from ..errors import MemoryBudgetError, ShapeError
 from ..kernel import Kernel
+from .pairs import evaluate_pairs, pair_block
 from .state import KernelState, swap_pair_axes
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
@@ -131,6 +134,8 @@ def kernel_block(
     tile: callers such as :func:`evaluate` or ``ntkit.linalg`` bound its size.
     """
     full = layer.needs_full_spatial() and a.ndim > 2
+    if full:  # pooling needs each example's self-covariance: the pair-list route
+        return pair_block(layer, a, b, want_ntk=want_ntk, diagonal=diagonal)
     state = layer.apply_kernel(
         input_state(a, b, want_ntk=want_ntk, diagonal=diagonal, full_spatial=full)
     )
@@ -154,6 +159,12 @@ def evaluate(
     """Run ``layer`` on the input kernel of ``(x1, x2)`` tile by tile; see module docstring."""
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     per_pair = pair_bytes(layer, x1, want_ntk)
+    if layer.needs_full_spatial() and x1.ndim > 2:
+        # A chunk holds at least one pair and the two self pairs it needs.
+        check_budget(per_pair * (1 if x2 is None else 3), budget)
+        return evaluate_pairs(
+            layer, x1, x2, want_ntk=want_ntk, diagonal=diagonal, per_pair=per_pair, budget=budget
+        )
     check_budget(per_pair, budget)
 
     def run(a: torch.Tensor, b: torch.Tensor | None, diag: bool) -> KernelState:

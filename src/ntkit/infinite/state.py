@@ -13,6 +13,14 @@ Layouts (``S`` is the spatial shape of one example, ``()`` for fully-connected l
 - ``diagonal=True``: the pairs ``(x1_i, x2_i)`` only, so the two batch axes become one.
 
 ``var1`` is ``(n1, *S)`` and ``var2`` is ``(n2, *S)``: the variance at each position.
+
+Pooling a full spatial covariance (``AvgPool``, ``GlobalAvgPool``) needs each example's
+covariance of *every* position with every other position to produce the new variances,
+which ``var1``/``var2`` (the diagonal only) do not hold. The engine therefore evaluates
+full-spatial architectures on a flat list of pairs (``diagonal=True`` layout) that also
+contains each example paired with itself; ``self_pairs = (i1, i2)`` gives, for every pair
+``k``, the index ``i1[k]`` of the pair (left example, left example) and ``i2[k]`` of the
+pair (right example, right example) in the same batch (see ``ntkit.infinite.pairs``).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ class KernelState:
     full_spatial: bool = False
     diagonal: bool = False
     fresh: bool = False
+    self_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def replace(self, **changes) -> KernelState:
         """Return a copy with the given fields changed."""

@@ -1,65 +1,52 @@
-"""The lab: experiments that show the theory of the lazy regime on real data.
+"""The lab: the lecture's experiments on real data — one command, one report.
 
-This first version runs the width-convergence check of the lecture's two-layer ReLU net
-on scikit-learn's digits and summarizes the infinite-width kernels of a few architectures.
+``ntkit lab`` (or :func:`run` / :func:`run_all` from Python) runs, on a two-class subset of
+an embedded data set (scikit-learn's digits by default: the digits 3 and 1, see
+:mod:`ntkit.lab.dataset`):
+
+- ``width`` (:mod:`ntkit.lab.width`): the empirical NTK converges to the analytic one as
+  the width grows, error ``∝ m^{-1/2}`` (Jacot et al. 2018);
+- ``lazy`` (:mod:`ntkit.lab.lazy`): wide nets trained by gradient descent barely move
+  their weights and kernel and track their linearization (Lee et al. 2019);
+- ``random-labels`` (:mod:`ntkit.lab.random_labels`): nets fit random labels and random
+  inputs, but more slowly, and the test error rises with the corruption (Zhang et al. 2017);
+- ``bound`` (:mod:`ntkit.lab.bound`): ``sqrt(2yᵀH⁻¹y/n)`` and ``λ_min(H)`` against the
+  corruption, beside the measured test error (Arora et al. 2019);
+- ``spectrum`` (:mod:`ntkit.lab.spectrum`): the NTK's eigenvalues, the projections of true
+  and random labels on its eigenvectors, and the loss curve predicted from the spectrum
+  against the measured ones (Arora et al. 2019).
+
+Each experiment module has ``run(ctx) -> ExperimentResult`` (metrics, figures with a
+reading generated from the metrics, summary lines). :func:`run` writes ``report.html``
+(self-contained), ``figures/*.png``, ``metrics.json`` and ``config.json`` atomically into
+``out`` (:mod:`ntkit.lab.report`).
+
+Example:
+    >>> import ntkit as nk
+    >>> res = nk.lab.run("width", quick=True)
+    >>> res["width"].metrics["two_layer"]["slope"]          # ≈ -0.5
+    >>> nk.lab.run_all(out="lab-report")                     # what `ntkit lab` does
 """
 
-from __future__ import annotations
+from . import bound, lazy, random_labels, report, spectrum, width
+from .common import ExperimentResult, LabFigure, SummaryRow
+from .config import EXPERIMENT_NAMES, Sizes
+from .runner import LabResult, resolve_experiments, run, run_all
 
-import json
-import time
-from pathlib import Path
-from typing import Any
-
-import numpy as np
-import torch
-
-from ..data import load_dataset
-from ..infinite import mlp
-from ..theory import TwoLayerNet, two_layer_finite_ntk, two_layer_ntk
-
-
-def _unit_rows(x: np.ndarray) -> torch.Tensor:
-    t = torch.as_tensor(x, dtype=torch.float64)
-    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def width_convergence(x: torch.Tensor, widths: list[int], seeds: int) -> dict[str, Any]:
-    """Relative Frobenius error of the finite two-layer NTK against its limit, per width."""
-    exact = two_layer_ntk(x)
-    errors = []
-    for m in widths:
-        errs = []
-        for seed in range(seeds):
-            net = TwoLayerNet(x.shape[1], m, seed=seed)
-            k = two_layer_finite_ntk(x, a=net.a.detach(), B=net.B.detach())
-            errs.append(float(torch.linalg.norm(k - exact) / torch.linalg.norm(exact)))
-        errors.append(float(np.mean(errs)))
-    slope = float(np.polyfit(np.log(widths), np.log(errors), 1)[0])
-    return {"widths": widths, "relative_error": errors, "slope": slope}
-
-
-def run(out: str | Path = "lab-report", *, quick: bool = False, seed: int = 0) -> dict[str, Any]:
-    """Run the lab on digits and write ``metrics.json`` into ``out``; returns the metrics."""
-    torch.manual_seed(seed)
-    x_all, _ = load_dataset("digits")
-    rng = np.random.default_rng(seed)
-    n = 100 if quick else 400
-    x = _unit_rows(x_all[rng.choice(len(x_all), n, replace=False)])
-    widths = [64, 256, 1024] if quick else [64, 256, 1024, 4096]
-    start = time.perf_counter()
-    metrics: dict[str, Any] = {"dataset": "digits", "n": n, "seed": seed}
-    metrics["width"] = width_convergence(x, widths, seeds=3)
-    kernels = {}
-    for name, arch in {
-        "relu_depth3": mlp(3, 512, "relu", W_std=2**0.5, b_std=0.1),
-        "erf_depth3": mlp(3, 512, "erf", W_std=1.5, b_std=0.1),
-    }.items():
-        eig = torch.linalg.eigvalsh(arch.kernel(x, get="ntk"))
-        kernels[name] = {"lambda_min": float(eig[0]), "lambda_max": float(eig[-1])}
-    metrics["kernels"] = kernels
-    metrics["seconds"] = time.perf_counter() - start
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    return metrics
+__all__ = [
+    "EXPERIMENT_NAMES",
+    "ExperimentResult",
+    "LabFigure",
+    "LabResult",
+    "Sizes",
+    "SummaryRow",
+    "bound",
+    "lazy",
+    "random_labels",
+    "report",
+    "resolve_experiments",
+    "run",
+    "run_all",
+    "spectrum",
+    "width",
+]

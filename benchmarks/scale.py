@@ -1,0 +1,294 @@
+"""Kernel regression at scale: ntkit's Cholesky / CG / Nyström vs scikit-learn's KernelRidge.
+
+Depth-3 ReLU NTK (``nk.mlp(3, 512, "relu", W_std=√2, b_std=0.1)``) on mnist1d generated
+offline (40 features) with mnist1d's own generator at a larger ``num_samples`` (nothing
+downloaded; the arrays go to a temporary directory, never the working tree). 10-class
+one-hot regression, accuracy of ``argmax`` on a held-out test set (the last ``--test``
+generated examples), ridge ``= ridge_rel · mean(diag K)`` (same for every method).
+
+Every case runs in a fresh subprocess (clean peak RSS = ``ru_maxrss`` of that process,
+everything included: interpreter, torch, data). Cases:
+
+- ``sklearn``: ``arch.kernel`` for ``K`` and ``K_test``, then (timed, alternating)
+  ``KernelRidge(kernel="precomputed").fit/predict`` and ntkit's exact path on the same
+  matrices (``nk.linalg.solve(K, Y, solver="cholesky")`` and ``K_test @ α``);
+- ``cholesky``: ntkit end to end — ``KernelOperator`` → ``solve(solver="cholesky")``
+  (dense in budget, factorized in place) → ``predict`` (tile by tile);
+- ``cg``: the operator caches the upper half of ``K``; CG with the rank-500 Nyström
+  preconditioner; ``predict``;
+- ``nystrom``: FALKON-style with ``M`` centres (``K_nM`` cached when it fits the budget),
+  ``NystromSolution.predict``.
+
+Reproduce (2 cores, a few tens of minutes in all; ``--quick`` for a smoke run):
+
+    .venv/bin/python benchmarks/scale.py                 # the full grid below
+    .venv/bin/python benchmarks/scale.py --only nystrom --n 100000 --M 5000
+    .venv/bin/python benchmarks/scale.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve()
+ARCH = dict(depth=3, width=512, activation="relu", W_std=2**0.5, b_std=0.1)
+
+# (method, n, extra) — the default grid
+GRID = [
+    ("sklearn", 10_000, {}),
+    ("cholesky", 10_000, {}),
+    ("cg", 10_000, {}),
+    ("nystrom", 10_000, {"M": 2000}),
+    ("nystrom", 10_000, {"M": 5000}),
+    ("nystrom", 10_000, {"M": 10_000}),
+    ("sklearn", 20_000, {}),
+    ("cholesky", 20_000, {}),
+    ("cg", 20_000, {}),
+    ("nystrom", 20_000, {"M": 5000}),
+    ("cg", 40_000, {}),
+    ("nystrom", 40_000, {"M": 5000}),
+    ("nystrom", 100_000, {"M": 2000}),
+    ("nystrom", 100_000, {"M": 5000}),
+    ("nystrom", 100_000, {"M": 10_000, "dtype": "float32"}),
+    # K_nM (12 GB) does not fit: one sweep forms K_nMᵀK_nM (the "gram" mode), 3·M² float64
+    ("nystrom", 100_000, {"M": 15_000, "budget": 2**29}),
+]
+QUICK = [
+    ("sklearn", 2000, {}),
+    ("cholesky", 2000, {}),
+    ("cg", 2000, {}),
+    ("nystrom", 2000, {"M": 500}),
+    ("nystrom", 4000, {"M": 500}),
+]
+
+
+# --------------------------------------------------------------------------- data
+def make_data(total: int, directory: str) -> tuple[str, str]:
+    """Generate ``total`` mnist1d examples offline; save X, y as .npy in ``directory``."""
+    import random
+
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.num_samples = total
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        data = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    X = np.concatenate([data["x"], data["x_test"]]).astype(np.float64)
+    y = np.concatenate([data["y"], data["y_test"]]).astype(np.int64)
+    xp, yp = os.path.join(directory, "X.npy"), os.path.join(directory, "y.npy")
+    np.save(xp, X)
+    np.save(yp, y)
+    return xp, yp
+
+
+# --------------------------------------------------------------------------- one case
+def run_case(case: dict) -> dict:
+    import resource
+
+    import torch
+
+    import ntkit as nk
+    from ntkit.linalg import KernelOperator, nystrom, predict, solve
+
+    torch.set_num_threads(case.get("threads", 2))
+    X = np.load(case["X"], mmap_mode="r")
+    y = np.load(case["y"], mmap_mode="r")
+    n, m = case["n"], case["test"]
+    dtype = getattr(torch, case.get("dtype", "float64"))
+    x = torch.from_numpy(np.array(X[:n]))
+    xt = torch.from_numpy(np.array(X[-m:]))
+    ytr, yte = np.array(y[:n]), np.array(y[-m:])
+    Y = torch.nn.functional.one_hot(torch.from_numpy(ytr), 10).to(torch.float64)
+    arch = nk.mlp(ARCH["depth"], ARCH["width"], ARCH["activation"], W_std=ARCH["W_std"], b_std=ARCH["b_std"])
+    diag_mean = float(arch.kernel(x[:2000], get="ntk", diagonal=True).mean())
+    ridge = case["ridge_rel"] * diag_mean
+    out: dict = {k: case[k] for k in ("method", "n") if k in case}
+    out.update(M=case.get("M"), dtype=case.get("dtype", "float64"), ridge=ridge, budget=case["budget"])
+
+    def acc(f: torch.Tensor) -> float:
+        return float((f.argmax(1).numpy() == yte).mean())
+
+    method = case["method"]
+    t0 = time.perf_counter()
+    if method == "sklearn":
+        from sklearn.kernel_ridge import KernelRidge
+
+        K = arch.kernel(x, get="ntk")
+        Kt = arch.kernel(xt, x, get="ntk")
+        out["t_kernel"] = time.perf_counter() - t0
+        Kn, Ktn, Yn = K.numpy(), Kt.numpy(), Y.numpy()
+        t_sk, t_nt = [], []
+        for _ in range(case.get("repeats", 1)):
+            t = time.perf_counter()
+            f_sk = KernelRidge(alpha=ridge, kernel="precomputed").fit(Kn, Yn).predict(Ktn)
+            t_sk.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            alpha = solve(K, Y, solver="cholesky", ridge=ridge)
+            f_nt = Kt @ alpha
+            t_nt.append(time.perf_counter() - t)
+        out.update(t_sklearn=min(t_sk), t_ntkit_exact=min(t_nt), ratio=min(t_nt) / min(t_sk),
+                   acc_sklearn=acc(torch.from_numpy(f_sk)), acc=acc(f_nt),
+                   agree=float(np.abs(f_sk - f_nt.numpy()).max() / np.abs(f_sk).max()))
+    else:
+        budget = case["budget"]
+        op = KernelOperator(arch, x, memory_budget=budget, dtype=dtype)
+        out["cached"] = op.cached
+        if method == "nystrom":
+            sol = nystrom(op, Y, centers=case["M"], ridge=ridge, seed=0, tol=case.get("tol", 1e-6),
+                          progress=False)
+            out["t_train"] = time.perf_counter() - t0
+            out.update(iterations=sol.iterations, residual=sol.residual, mode=sol.mode)
+            t1 = time.perf_counter()
+            f = sol.predict(xt)
+        else:
+            alpha, info = solve(op, Y, solver=method, ridge=ridge, tol=case.get("tol", 1e-6),
+                                progress=False, return_info=True)
+            out["t_train"] = time.perf_counter() - t0
+            out.update(iterations=info.iterations, residual=info.residual)
+            op.close()
+            del op
+            t1 = time.perf_counter()
+            f = predict(arch, xt, x, alpha, memory_budget=budget)
+        out["t_test"] = time.perf_counter() - t1
+        out["acc"] = acc(f.double())
+    out["t_total"] = time.perf_counter() - t0
+    out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return out
+
+
+# --------------------------------------------------------------------------- driver
+def budget_for(method: str, n: int, M: int | None, itemsize: int) -> int:
+    """Memory budget per case: enough for the matrices the method keeps, plus 512 MiB."""
+    extra = 512 * 2**20
+    if method == "sklearn":
+        return 0  # not used: dense matrices from arch.kernel
+    if method == "cholesky":
+        return n * n * itemsize + extra
+    if method == "cg":
+        return n * n * itemsize // 2 + n * 1024 * itemsize + extra
+    return n * M * itemsize + extra  # nystrom: K_nM cached
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="small smoke grid")
+    parser.add_argument("--only", choices=["sklearn", "cholesky", "cg", "nystrom"])
+    parser.add_argument("--n", type=int, nargs="*", help="restrict to these n")
+    parser.add_argument("--M", type=int, nargs="*", help="restrict Nyström to these M")
+    parser.add_argument("--test", type=int, default=10_000, help="held-out test examples")
+    parser.add_argument("--ridge-rel", type=float, default=1e-3, help="ridge / mean(diag K)")
+    parser.add_argument("--repeats", type=int, default=1, help="sklearn-vs-ntkit repeats")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    if args.case:
+        print("RESULT " + json.dumps(run_case(json.loads(args.case))), flush=True)
+        return
+
+    grid = QUICK if args.quick else GRID
+    if args.quick:
+        args.test = min(args.test, 1000)
+    grid = [
+        c for c in grid
+        if (args.only is None or c[0] == args.only)
+        and (not args.n or c[1] in args.n)
+        and (not args.M or c[2].get("M") in (None, *args.M))
+    ]
+    if not grid:
+        sys.exit("no case matches the filters")
+    total = max(n for _, n, _ in grid) + args.test
+    with tempfile.TemporaryDirectory(prefix="ntkit-scale-") as tmp:
+        t = time.perf_counter()
+        xp, yp = make_data(math.ceil(total / 10) * 10, tmp)
+        print(f"generated {total} mnist1d examples in {time.perf_counter() - t:.0f} s", flush=True)
+        results = []
+        header = (f"{'method':>9} {'n':>7} {'M':>6} {'dtype':>8} | {'train s':>8} {'test s':>7} "
+                  f"{'total s':>8} {'peak GiB':>8} | {'acc':>6} {'iters':>5} | notes")
+        print(header + "\n" + "-" * len(header), flush=True)
+        for method, n, extra in grid:
+            itemsize = 4 if extra.get("dtype") == "float32" else 8
+            case = dict(method=method, n=n, test=args.test, X=xp, y=yp, ridge_rel=args.ridge_rel,
+                        repeats=args.repeats, **extra)
+            case.setdefault("budget", budget_for(method, n, extra.get("M"), itemsize))
+            done = subprocess.run(
+                [sys.executable, str(HERE), "--case", json.dumps(case)],
+                capture_output=True, text=True, check=False,
+            )
+            lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+            if done.returncode != 0 or not lines:
+                print(f"{method:>9} {n:>7} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            r = json.loads(lines[-1][7:])
+            results.append(r)
+            print(_row(r), flush=True)
+        _summary(results)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def _row(r: dict) -> str:
+    M = r.get("M") or "-"
+    if r["method"] == "sklearn":
+        notes = (f"kernel {r['t_kernel']:.0f} s; same K: sklearn {r['t_sklearn']:.1f} s vs ntkit "
+                 f"cholesky {r['t_ntkit_exact']:.1f} s (ratio {r['ratio']:.2f}); acc sklearn "
+                 f"{r['acc_sklearn']:.4f}, max rel diff {r['agree']:.1e}")
+        train = r["t_kernel"] + r["t_sklearn"]
+        return (f"{'sklearn':>9} {r['n']:>7} {M:>6} {r['dtype']:>8} | {train:>8.1f} {'':>7} "
+                f"{r['t_total']:>8.1f} {r['peak_rss_gib']:>8.2f} | {r['acc']:>6.4f} {'':>5} | {notes}")
+    return (f"{r['method']:>9} {r['n']:>7} {M:>6} {r['dtype']:>8} | {r['t_train']:>8.1f} {r['t_test']:>7.1f} "
+            f"{r['t_total']:>8.1f} {r['peak_rss_gib']:>8.2f} | {r['acc']:>6.4f} {r['iterations']:>5} | "
+            f"{r.get('mode', 'cached=' + str(r['cached']))}, residual {r['residual']:.1e}, "
+            f"budget {r['budget'] / 2**30:.1f} GiB")
+
+
+def _summary(results: list[dict]) -> None:
+    print()
+    # scaling exponents: total time vs n, per method (and per M)
+    groups: dict[tuple, list[tuple[int, float]]] = {}
+    for r in results:
+        key = (r["method"], r.get("M"), r["dtype"])
+        groups.setdefault(key, []).append((r["n"], r["t_total"]))
+    for (method, M, dtype), pts in sorted(groups.items(), key=str):
+        if len({n for n, _ in pts}) >= 2:
+            ns, ts = zip(*sorted(pts))
+            slope = np.polyfit(np.log(ns), np.log(ts), 1)[0]
+            label = method + (f" M={M}" if M else "") + (f" {dtype}" if dtype != "float64" else "")
+            print(f"scaling exponent (time ∝ n^p) {label:>22}: p = {slope:.2f} over n = {list(ns)}")
+    # exact accuracy extrapolated to the largest n: acc = a + b·log n over the exact solves
+    exact = {}
+    for r in results:
+        if r["method"] in ("sklearn", "cholesky", "cg"):
+            exact.setdefault(r["n"], r["acc"])
+    largest = max((r["n"] for r in results), default=0)
+    if len(exact) >= 2:
+        ns = np.array(sorted(exact))
+        accs = np.array([exact[n] for n in ns])
+        b, a = np.polyfit(np.log(ns), accs, 1)
+        target = a + b * math.log(largest)
+        print(f"exact accuracy vs n: {dict(zip(ns.tolist(), accs.round(4).tolist()))}; "
+              f"fit acc = {a:.4f} + {b:.4f}·ln n → extrapolated at n = {largest}: {target:.4f}")
+        for r in results:
+            if r["n"] == largest and r["method"] == "nystrom":
+                print(f"  nystrom M={r['M']} ({r['dtype']}) at n = {largest}: acc {r['acc']:.4f} "
+                      f"({100 * (r['acc'] - target):+.2f} points vs extrapolated exact), "
+                      f"{r['t_total']:.0f} s, peak RSS {r['peak_rss_gib']:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

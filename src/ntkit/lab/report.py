@@ -1,0 +1,191 @@
+"""Writing the lab's report: ``report.html``, ``figures/*.png``, ``metrics.json``, ``config.json``.
+
+The report is written into a fresh temporary folder next to the destination and moved into
+place only once every file is complete, so an interrupted or failed run leaves the previous
+report as it was. A destination that holds anything but an earlier ntkit report (or nothing)
+is never replaced.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import NtkitError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import LabResult
+
+#: Marker file that identifies a folder written by the lab (and so safe to replace).
+MARKER = ".ntkit-lab"
+_OURS = {MARKER, "report.html", "metrics.json", "config.json", "figures"}
+
+
+class ReportError(NtkitError):
+    """The report cannot be written where it was asked to go."""
+
+
+def png_bytes(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _check_destination(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder; choose a folder for the report")
+    if out.is_dir():
+        entries = {p.name for p in out.iterdir()}
+        if entries and MARKER not in entries and not entries <= _OURS:
+            raise ReportError(
+                f"--out {out} already holds other files, and the lab replaces the whole folder; "
+                "choose a new or empty folder"
+            )
+
+
+def write_report(result: LabResult, out: str | os.PathLike[str]) -> Path:
+    """Write the report of ``result`` into the folder ``out`` (atomically; see module doc)."""
+    out = Path(out).expanduser().absolute()
+    _check_destination(out)
+    tmp: Path | None = None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
+        _write_files(result, tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old.rmdir()
+            out.rename(old)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                old.rename(out)
+                raise
+            tmp = None
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+            tmp = None
+    except OSError as err:
+        raise ReportError(
+            f"cannot write the report to {out} ({err.strerror or err}); choose a writable folder with --out"
+        ) from err
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_files(result: LabResult, folder: Path) -> None:
+    (folder / "figures").mkdir()
+    images: dict[str, bytes] = {}
+    for exp in result.experiments:
+        for fig in exp.figures:
+            data = png_bytes(fig.figure)
+            images[fig.name] = data
+            (folder / "figures" / f"{fig.name}.png").write_bytes(data)
+    (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=1, allow_nan=False) + "\n")
+    (folder / "config.json").write_text(json.dumps(result.config, indent=1, allow_nan=False) + "\n")
+    (folder / "report.html").write_text(render_html(result, images), encoding="utf-8")
+    (folder / MARKER).write_text("written by `ntkit lab`; the whole folder is replaced by the next run\n")
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 62rem;
+       margin: 2rem auto; padding: 0 1rem; line-height: 1.5; color: #1a1a1a; }
+h1 { font-size: 1.7rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.3rem; margin-top: 2.5rem; border-bottom: 1px solid #ddd; }
+figure { margin: 1.5rem 0; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.95rem; color: #333; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.92rem; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; }
+th { background: #f5f5f5; }
+.meta { color: #555; font-size: 0.92rem; }
+code { background: #f3f3f3; padding: 0 0.2rem; }
+"""
+
+
+def render_html(result: LabResult, images: dict[str, bytes]) -> str:
+    """The self-contained HTML report (figures embedded as base64 PNG)."""
+    e = html.escape
+    cfg = result.config
+    data = result.metrics["data"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        "<title>ntkit lab report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>ntkit lab: the lazy regime on real data</h1>",
+        '<p class="meta">'
+        f"Data: <code>{e(data['name'])}</code>, two-class subset "
+        f"({e(data['classes']['+1'])} → +1, {e(data['classes']['-1'])} → −1), "
+        f"{data['n_train']} training and {data['n_test']} test examples of {data['features']} "
+        f"features (centred, unit norm). Seed {cfg['seed']}, "
+        f"{'quick sizes' if cfg['quick'] else 'default sizes'}, device {e(cfg['device'])}. "
+        f"ntkit {e(cfg['versions']['ntkit'])}, torch {e(cfg['versions']['torch'])}. "
+        "Every number in this report is in <code>metrics.json</code>; the run's settings are "
+        "in <code>config.json</code>.</p>",
+        "<h2>Summary</h2>",
+        _summary_table(result),
+    ]
+    for exp in result.experiments:
+        parts.append(f'<h2 id="{e(exp.name)}">{e(exp.title)}</h2>')
+        parts.append(f"<p>{e(exp.intro)}</p>")
+        for fig in exp.figures:
+            b64 = base64.b64encode(images[fig.name]).decode("ascii")
+            parts.append(
+                f'<figure id="fig-{e(fig.name)}"><img src="data:image/png;base64,{b64}" '
+                f'alt="{e(fig.title)}" width="{int(fig.figure.get_figwidth() * 100)}">'
+                f"<figcaption><b>{e(fig.title)}.</b> {e(fig.reading)}</figcaption></figure>"
+            )
+    parts.append(
+        '<p class="meta">References: Jacot, Gabriel &amp; Hongler 2018 (Neural Tangent Kernel); '
+        "Lee et al. 2019 (Wide neural networks of any depth evolve as linear models); Zhang et "
+        "al. 2017 (Understanding deep learning requires rethinking generalization); Arora, Du, "
+        "Hu, Li &amp; Wang 2019 (Fine-grained analysis of optimization and generalization for "
+        "overparameterized two-layer neural networks).</p>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def _summary_table(result: LabResult) -> str:
+    e = html.escape
+    rows = ["<table><tr><th>experiment</th><th>measure</th><th>value</th><th>theory</th></tr>"]
+    for exp in result.experiments:
+        for row in exp.summary:
+            rows.append(
+                f'<tr><td><a href="#{e(exp.name)}">{e(exp.name)}</a></td><td>{e(row.measure)}</td>'
+                f"<td>{e(row.value)}</td><td>{e(row.expected)}</td></tr>"
+            )
+    rows.append("</table>")
+    return "\n".join(rows)
+
+
+def summary_text(result: LabResult) -> str:
+    """The terminal summary: one table of what each experiment measured."""
+    header = ("experiment", "measure", "value", "theory")
+    rows = [header] + [
+        (exp.name, row.measure, row.value, row.expected)
+        for exp in result.experiments
+        for row in exp.summary
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Scale: matrix-free kernel operators, iterative solvers and a Dask backend.
+
+- :class:`KernelOperator` — ``op @ v`` tile by tile under a memory budget (never the
+  ``n × n`` matrix), ``op.diag()``, ``op.to_dense()`` (refused past the budget), any
+  architecture; ``backend="dask"`` computes the tiles on a ``dask.distributed`` cluster.
+- :func:`solve` — ``(K + ridge·I) α = y`` by ``"cholesky"``, ``"cg"`` or ``"nystrom"``
+  (``"auto"`` chooses by size and memory); :func:`predict` — ``k(x_test, X) α``.
+- :func:`conjugate_gradient` with a preconditioner hook (:class:`NystromPreconditioner`),
+  :func:`nystrom` (FALKON-style Nyström kernel ridge regression).
+"""
+
+from ._errors import ClusterError, ConvergenceWarning
+from .budget import DEFAULT_MEMORY_BUDGET, parse_bytes
+from .cg import CGResult, conjugate_gradient
+from .dask_backend import close_default_cluster, get_client
+from .nystrom import NystromSolution, nystrom
+from .operator import KernelOperator
+from .preconditioner import NystromPreconditioner
+from .solve import SOLVERS, SolveInfo, choose_solver, predict, solve
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET",
+    "SOLVERS",
+    "CGResult",
+    "ClusterError",
+    "ConvergenceWarning",
+    "KernelOperator",
+    "NystromPreconditioner",
+    "NystromSolution",
+    "SolveInfo",
+    "choose_solver",
+    "close_default_cluster",
+    "conjugate_gradient",
+    "get_client",
+    "nystrom",
+    "parse_bytes",
+    "predict",
+    "solve",
+]
