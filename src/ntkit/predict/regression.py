@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-from ..errors import ParameterError
+from .._validation import check_choice
+from ..errors import ParameterError, ShapeError
 from ._common import (
     check_scalar,
     prepare_cross,
@@ -30,6 +32,7 @@ def kernel_regression(
     pinv: bool = False,
     rcond: float | None = None,
     dtype: Any = None,
+    solver: str = "auto",
 ) -> torch.Tensor:
     r"""The kernel-trick predictor, the ``t = ∞`` limit of gradient descent on the MSE.
 
@@ -61,6 +64,11 @@ def kernel_regression(
             solution for singular ``H`` — the limit gradient flow reaches.
         rcond: pseudo-inverse cutoff relative to ``λ_max``; default ``N·eps`` (as NumPy).
         dtype: computation dtype, default float64.
+        solver: ``"auto"`` (a Cholesky solve for matrices; :func:`ntkit.linalg.solve`'s
+            choice for operators), ``"cholesky"``, ``"cg"`` or ``"nystrom"`` (the iterative
+            solvers of :mod:`ntkit.linalg`). ``k_train_train`` and ``k_test_train`` may also
+            be :class:`ntkit.linalg.KernelOperator` objects, which never form the matrices;
+            the iterative solvers take 2-D kernels only.
 
     Returns:
         Test predictions ``(m,) + y_train.shape[1:]`` when ``k_test_train`` is given, else
@@ -70,6 +78,12 @@ def kernel_regression(
         SingularMatrixError: ``H + ridge·I`` is singular and ``pinv=False``.
         IllConditionedWarning: (warning) its condition number exceeds 1e12 (1e5 in float32).
     """
+    from ..linalg import KernelOperator
+
+    check_choice(solver, "solver", ("auto", "cholesky", "cg", "nystrom"))
+    if isinstance(k_train_train, KernelOperator) or solver in ("cg", "nystrom"):
+        return _iterative(k_train_train, y_train, k_test_train, ridge, fx_train_0, fx_test_0,
+                          solver, pinv)
     dt = work_dtype(dtype)
     kd = prepare_kernel(k_train_train, "k_train_train", dt)
     tg = prepare_targets(y_train, kd)
@@ -96,6 +110,26 @@ def kernel_regression(
     )
     out = f0 + kd.K @ alpha if kt is None else ft0 + kt @ alpha
     return to_caller(out, tg, m)
+
+
+def _iterative(k_train, y, k_test, ridge, f0, ft0, solver, pinv) -> torch.Tensor:
+    """``kernel_regression`` through :func:`ntkit.linalg.solve` (operators or CG/Nyström)."""
+    from ..linalg import solve
+
+    if pinv:
+        raise ParameterError("pinv=True needs the dense Cholesky/eigen path; use solver='cholesky'")
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y,
+                        dtype=torch.float64)
+    f0 = torch.zeros_like(y) if f0 is None else torch.as_tensor(f0, dtype=y.dtype)
+    if f0.shape != y.shape:
+        raise ShapeError(f"fx_train_0 must have the shape of y_train {tuple(y.shape)}")
+    alpha = solve(k_train, y - f0, solver=solver, ridge=ridge)
+    if k_test is None:
+        return f0 + k_train @ alpha
+    out = k_test @ alpha
+    if ft0 is not None:
+        out = out + torch.as_tensor(ft0, dtype=out.dtype)
+    return out
 
 
 def max_learning_rate(k_train_train: Any, *, ridge: float = 0.0, dtype: Any = None) -> float:
