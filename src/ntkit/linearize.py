@@ -1,62 +1,103 @@
-"""The linearized model ``f_lin(w, x) = f(w0, x) + <∇_w f(w0, x), w − w0>`` (Lee et al. 2019)."""
+"""The linearized model ``f_lin(w, x) = f(w0, x) + <∇_w f(w0, x), w − w0>`` (Lee et al. 2019).
+
+In the lazy regime a wide network trains like its first-order Taylor expansion around the
+initial weights ``w0``; gradient descent on the MSE then follows the closed-form kernel
+dynamics of the (empirical) NTK at ``w0``.
+"""
 
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .empirical._params import check_pure
+from .empirical._params import ParamSelector, check_modules, select_params
 from .errors import ModelError
 
 
-class LinearizedModel(nn.Module):
-    """First-order Taylor expansion of ``model`` around its current weights ``w0``.
+def _key(name: str) -> str:
+    return name.replace(".", "__")
 
-    Its parameters (same names, with ``.`` replaced by ``__``) start at ``w0`` and train with
-    any torch optimizer; ``w0`` and the buffers are frozen copies. The forward pass is one
-    forward-mode product ``torch.func.jvp`` along ``w − w0``: the output is exactly affine
-    in the parameters. Shapes follow ``model``.
+
+class LinearizedModel(nn.Module):
+    """First-order Taylor expansion of a module around its current weights ``w0``.
+
+    ``forward(x)`` returns ``f(w0, x) + <∇_w f(w0, x), w − w0>`` with the same shapes as the
+    original model, computed by one forward-mode product (``torch.func.jvp``) along ``w − w0``:
+    the output is exactly affine in the parameters.
+
+    Attributes:
+        params: ``nn.ParameterDict`` of the linearized parameters ``w`` (the model's names with
+            ``.`` replaced by ``__``); they start at ``w0`` and train with any torch optimizer.
+        w0__<name>: frozen copies of ``w0`` (buffers, saved in ``state_dict``).
+
+    Parameters that were not selected, and all buffers, stay fixed at their values at
+    construction. The original model is copied, so later changes to it have no effect.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, params: ParamSelector = None) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
             raise ModelError(f"linearize needs a torch.nn.Module, got {type(model).__name__}")
-        check_pure(model)
-        named = {k: p for k, p in model.named_parameters() if p.requires_grad}
-        if not named:
-            raise ModelError("the model has no trainable parameters to linearize around")
-        self._model = copy.deepcopy(model)
-        for p in self._model.parameters():
+        if params is None and not any(p.requires_grad for p in model.parameters()):
+            raise ModelError(
+                f"the model ({type(model).__name__}) has no trainable parameters to linearize "
+                "around; pass a model with weights (or choose some with params=[names])"
+            )
+        check_modules(model)
+        selected, _ = select_params(model, params)
+        template = copy.deepcopy(model)
+        for p in template.parameters():
             p.requires_grad_(False)
-        self._names = list(named)
-        self._fixed = {k: p.detach().clone() for k, p in model.named_parameters() if k not in named}
-        for k, p in named.items():
-            self.register_buffer("w0__" + k.replace(".", "__"), p.detach().clone())
-        self.params = nn.ParameterDict(
-            {k.replace(".", "__"): nn.Parameter(p.detach().clone()) for k, p in named.items()}
+        # Not a submodule: its (frozen) parameters must not reach optimizers or state_dict.
+        object.__setattr__(self, "_template", template)
+        self._names = list(selected)
+        for name, value in selected.items():
+            self.register_buffer("w0__" + _key(name), value.clone())
+        self.params = nn.ParameterDict(  # pairs keep the model's order (a dict would sort)
+            [(_key(name), nn.Parameter(value.clone())) for name, value in selected.items()]
         )
+
+    def _apply(self, fn, *args: Any, **kwargs: Any):  # keep the template on our device/dtype
+        super()._apply(fn, *args, **kwargs)
+        self._template._apply(fn, *args, **kwargs)
+        return self
+
+    @property
+    def model(self) -> nn.Module:
+        """The frozen copy of the original module (holding ``w0`` and the buffers)."""
+        return self._template
 
     def w0(self) -> dict[str, torch.Tensor]:
         """The expansion point, by the model's parameter names."""
-        return {k: getattr(self, "w0__" + k.replace(".", "__")) for k in self._names}
+        return {name: getattr(self, "w0__" + _key(name)) for name in self._names}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any) -> torch.Tensor:
+        """``f(w0, x) + J(w0, x)·(w − w0)``; ``x`` and the result have the model's shapes."""
         w0 = self.w0()
-        delta = {k: self.params[k.replace(".", "__")] - w0[k] for k in self._names}
-        buffers = dict(self._model.named_buffers())
+        delta = {name: self.params[_key(name)] - w0[name] for name in self._names}
 
-        def f(weights: dict) -> torch.Tensor:
-            return functional_call(self._model, {**self._fixed, **buffers, **weights}, (x,))
+        def f(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+            return functional_call(self._template, weights, (x,))
 
         out, tangent = jvp(f, (w0,), (delta,))
         return out + tangent
 
 
-def linearize(model: nn.Module) -> LinearizedModel:
-    """``nk.linearize(model)``: the model's linearization at its current weights (see
-    :class:`LinearizedModel`)."""
-    return LinearizedModel(model)
+def linearize(model: nn.Module, params: ParamSelector = None) -> LinearizedModel:
+    """``nk.linearize(model)``: the model's linearization at its current weights.
+
+    Args:
+        model: any ``nn.Module`` with a pure forward (call ``model.eval()`` first if it has
+            BatchNorm or dropout).
+        params: which parameters to linearize in (the rest stays fixed at ``w0``); same forms
+            as in :func:`ntkit.empirical_ntk` (``None``: all with ``requires_grad``).
+
+    Returns:
+        A :class:`LinearizedModel`; train it like any module, e.g.
+        ``torch.optim.SGD(lin.parameters(), lr)``.
+    """
+    return LinearizedModel(model, params)

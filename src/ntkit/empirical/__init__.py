@@ -1,5 +1,11 @@
-"""Empirical (finite-width) NTK of any ``torch.nn.Module``."""
+"""Empirical (finite-width) NTK of any ``torch.nn.Module``.
 
-from .core import empirical_ntk
+``empirical_ntk(model, x1, x2=None, output=..., method=...)`` with three methods, one file
+each: Jacobian contraction (:mod:`.jacobian`), NTK-vector products (:mod:`.ntk_vp`) and
+structured derivatives of affine layers (:mod:`.structured`); ``method="auto"`` picks by
+:mod:`.cost_model`. :func:`plan_empirical_ntk` tells what ``auto`` would do.
+"""
 
-__all__ = ["empirical_ntk"]
+from .core import METHODS, OUTPUTS, Plan, empirical_ntk, plan_empirical_ntk
+
+__all__ = ["METHODS", "OUTPUTS", "Plan", "empirical_ntk", "plan_empirical_ntk"]

@@ -1,80 +1,257 @@
-"""Which parameters an empirical NTK differentiates, and the pure functional call."""
+"""The problem an empirical NTK solves: which parameters count, the model checks, the forward.
+
+:func:`prepare` is the one validation step of :func:`ntkit.empirical_ntk`: it selects the
+parameters, refuses impure or batch-coupled modules with an error that says what to do, and
+probes the output layout. The result, a :class:`Problem`, evaluates the model functionally
+(``torch.func.functional_call``) with the selected parameters as explicit arguments and every
+other parameter and buffer held fixed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import ModelError, ParameterError
+from ..errors import ModelError, NtkitError, ParameterError
 
-ParamSelector = None | Sequence[str] | Callable[[str, torch.Tensor], bool]
+#: ``None`` (all trainable), a name or module prefix, a list of names/prefixes/parameters,
+#: or a predicate ``(name, parameter) -> bool``.
+ParamSelector = None | str | Iterable[Any] | Callable[[str, torch.Tensor], bool]
+
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+             nn.FeatureAlphaDropout)
+
+
+@dataclass
+class Problem:
+    """A model with its parameters split into the selected ones and the fixed rest.
+
+    Attributes:
+        model: the user's module (never modified).
+        selected: name → detached tensor of every parameter the NTK differentiates.
+        fixed: name → detached tensor of the other parameters and of all buffers.
+        out_shape: one example's output shape (``()`` for ``(n,)`` outputs).
+        n_out: ``o = prod(out_shape)``, the number of outputs per example.
+        act_numel: numbers per example in all module outputs of one forward (a memory proxy).
+    """
+
+    model: nn.Module
+    selected: dict[str, torch.Tensor]
+    fixed: dict[str, torch.Tensor]
+    out_shape: tuple[int, ...] = ()
+    n_out: int = 1
+    act_numel: int = 0
+    forward_flops: float = 0.0
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.selected.values())).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(iter(self.selected.values())).device
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.selected.values())
+
+    @property
+    def itemsize(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size()
+
+    def call(self, selected: dict[str, torch.Tensor], x: torch.Tensor, fixed=None) -> Any:
+        """The raw model output for a batch ``x`` with the given selected parameters."""
+        state = {**(self.fixed if fixed is None else fixed), **selected}
+        return functional_call(self.model, state, (x,))
+
+    def f(self, selected: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Outputs of a batch ``x (b, ...)`` as ``(b, o)``."""
+        return self.call(selected, x).reshape(x.shape[0], self.n_out)
 
 
 def select_params(model: nn.Module, params: ParamSelector) -> tuple[dict, dict]:
-    """Split the model's parameters into ``(selected, fixed)`` name → tensor dicts.
+    """Split the model's parameters into ``(selected, fixed)`` name → detached tensor dicts.
 
-    ``params``: ``None`` (every parameter with ``requires_grad``), a sequence of names, or a
-    predicate ``(name, parameter) -> bool``.
+    ``params`` may be ``None`` (every parameter with ``requires_grad``), a parameter name, a
+    module prefix (``"0"`` selects ``"0.weight"`` and ``"0.bias"``), a list of names, prefixes
+    or parameter tensors, or a predicate ``(name, parameter) -> bool``.
     """
     named = dict(model.named_parameters())
     if not named:
-        raise ModelError("the model has no parameters, so its NTK is zero; pass a model with weights")
-    if params is None:
-        chosen = {k for k, p in named.items() if p.requires_grad}
-    elif callable(params):
-        chosen = {k for k, p in named.items() if params(k, p)}
-    elif isinstance(params, str):
-        raise ParameterError("params must be a list of names, not one string; wrap it: [name]")
-    else:
-        names = list(params)
-        unknown = [n for n in names if n not in named]
-        if unknown:
-            raise ParameterError(
-                f"unknown parameter names {unknown}; the model has {sorted(named)}"
-            )
-        chosen = set(names)
-    if not chosen:
-        raise ParameterError(
-            "params selects no parameter; pass names from model.named_parameters() or a "
-            "predicate that is true for at least one"
+        raise ModelError(
+            f"the model ({type(model).__name__}) has no parameters, so its NTK is zero; pass a "
+            "model with weights"
         )
-    selected = {k: p.detach() for k, p in named.items() if k in chosen}
-    fixed = {k: p.detach() for k, p in named.items() if k not in chosen}
+    if params is None:
+        chosen = [k for k, p in named.items() if p.requires_grad]
+        if not chosen:
+            raise ParameterError(
+                "params=None selects the trainable parameters, but every parameter has "
+                "requires_grad=False; pass params=[names] to choose some explicitly"
+            )
+    elif callable(params) and not isinstance(params, nn.Parameter):
+        chosen = []
+        for k, p in named.items():
+            try:
+                keep = params(k, p)
+            except Exception as err:
+                raise ParameterError(
+                    f"the params predicate failed on ({k!r}, parameter): {err}; it is called as "
+                    "predicate(name, parameter) -> bool"
+                ) from err
+            if keep:
+                chosen.append(k)
+    else:
+        items = [params] if isinstance(params, (str, torch.Tensor)) else list(params)
+        chosen = []
+        for item in items:
+            chosen += _match(item, named)
+    chosen_set = set(chosen)
+    if not chosen_set:
+        raise ParameterError(
+            "params selects no parameter; pass names from model.named_parameters() "
+            f"(e.g. {_sample(named)}) or a predicate that is true for at least one"
+        )
+    selected = {k: p.detach() for k, p in named.items() if k in chosen_set}
+    fixed = {k: p.detach() for k, p in named.items() if k not in chosen_set}
     return selected, fixed
 
 
-def check_pure(model: nn.Module) -> None:
-    """Refuse modules whose forward changes their own state (BatchNorm in training mode)."""
+def _match(item: Any, named: dict[str, nn.Parameter]) -> list[str]:
+    if isinstance(item, torch.Tensor):
+        hits = [k for k, p in named.items() if p is item]
+        if not hits:
+            raise ParameterError(
+                "a tensor in params is not a parameter of this model; pass the model's own "
+                "parameters or their names"
+            )
+        return hits
+    if not isinstance(item, str):
+        raise ParameterError(
+            f"params entries must be names or parameters, got {type(item).__name__}: {item!r}"
+        )
+    if item in named:
+        return [item]
+    hits = [k for k in named if k.startswith(item + ".")]
+    if not hits:
+        raise ParameterError(
+            f"unknown parameter name or module prefix {item!r}; the model has {_sample(named)}"
+        )
+    return hits
+
+
+def _sample(named: dict) -> str:
+    names = list(named)
+    return ", ".join(map(repr, names[:8])) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+
+def check_modules(model: nn.Module) -> None:
+    """Refuse modules whose forward is impure or random: BatchNorm with running statistics
+    or Dropout, in training mode."""
     for name, module in model.named_modules():
+        label = name or type(module).__name__
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and (
             module.track_running_stats
         ):
             raise ModelError(
-                f"module {name or type(module).__name__} is a BatchNorm in training mode, whose "
-                "forward updates running statistics and mixes examples; call model.eval() or "
-                "build it with track_running_stats=False"
+                f"module {label!r} is a {type(module).__name__} in training mode: its forward "
+                "updates running statistics and normalizes each example with statistics of the "
+                "whole batch, so the NTK is not defined. Call model.eval() to use the running "
+                "statistics (or build it with track_running_stats=False)"
+            )
+        if isinstance(module, _DROPOUTS) and module.training and module.p > 0:
+            raise ModelError(
+                f"module {label!r} is a {type(module).__name__} in training mode, so the forward "
+                "is random; call model.eval() before computing the NTK"
             )
 
 
-def make_fn(model: nn.Module, fixed: dict, buffers: dict) -> Callable[[dict, torch.Tensor], Any]:
-    """``f(selected_params, x)`` evaluating ``model`` with the other tensors held fixed."""
+def prepare(model: Any, params: ParamSelector, probe: torch.Tensor) -> Problem:
+    """Select parameters, check the model and probe its output on ``probe`` (2 examples).
 
-    def fn(selected: dict, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, {**fixed, **buffers, **selected}, (x,))
+    Raises ModelError for a non-module, a module without parameters, an impure forward
+    (changes a buffer), a random forward, an output without the batch axis first, and a
+    forward whose result for one example depends on the other examples of the batch.
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    selected, fixed = select_params(model, params)
+    check_modules(model)
+    buffers = dict(model.named_buffers())
+    problem = Problem(model, selected, {**fixed, **buffers})
+    problem.out_shape, problem.act_numel, problem.forward_flops = _probe(problem, buffers, probe)
+    problem.n_out = math.prod(problem.out_shape)
+    if problem.n_out == 0:
+        raise ModelError(f"the model's output per example has shape {problem.out_shape}, i.e. no entries")
+    return problem
 
-    return fn
 
-
-def flat_outputs(out: torch.Tensor, n: int) -> torch.Tensor:
-    """Outputs ``(n, ...)`` as ``(n, o)``; ``(n,)`` counts as one output."""
-    if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != n:
-        shape = getattr(out, "shape", type(out).__name__)
+def _forward(problem: Problem, x: torch.Tensor, fixed: dict) -> Any:
+    try:
+        with torch.no_grad():
+            return problem.call(problem.selected, x, fixed)
+    except NtkitError:
+        raise
+    except Exception as err:
         raise ModelError(
-            f"the model's output must be a tensor with the batch axis first, (n={n}, ...); got "
-            f"{shape}. Make forward return one row per example"
+            f"calling the model on a batch of shape {tuple(x.shape)} failed: "
+            f"{type(err).__name__}: {err}"
+        ) from err
+
+
+def _probe(problem: Problem, buffers: dict, x: torch.Tensor) -> tuple[tuple[int, ...], int, float]:
+    """Forward ``x`` twice (on copies of the buffers) and once one example; check the results.
+
+    Returns the output shape per example, the activation count per example (all leaf module
+    outputs) and the matmul/convolution flops per example (``torch.utils.flop_counter``).
+    """
+    n = x.shape[0]
+    copies = {k: b.clone() for k, b in buffers.items()}
+    fixed = {**problem.fixed, **copies}
+    sizes = [0]
+
+    def count(module, args, out):
+        if isinstance(out, torch.Tensor) and not list(module.children()):
+            sizes[0] += out.numel()
+
+    handle = nn.modules.module.register_module_forward_hook(count)
+    try:
+        with FlopCounterMode(display=False) as counter:
+            out = _forward(problem, x, fixed)
+    finally:
+        handle.remove()
+    for k, b in buffers.items():
+        if not torch.equal(copies[k], b):
+            raise ModelError(
+                f"the forward pass changed buffer {k!r}; the NTK needs a pure forward. Call "
+                "model.eval() (BatchNorm: or build it with track_running_stats=False)"
+            )
+    if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != n:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"the model's output must be one tensor with the batch axis first, (n={n}, ...); got "
+            f"{shape} for {n} examples. Make forward return one row per example"
         )
-    return out.reshape(n, -1)
+    if not out.is_floating_point():
+        raise ModelError(f"the model's output has dtype {out.dtype}; the NTK needs floating outputs")
+    again = _forward(problem, x, fixed)
+    if not torch.equal(out, again):
+        raise ModelError(
+            "two forward passes on the same inputs gave different outputs (random layers such "
+            "as dropout in training mode?); call model.eval() or remove the randomness"
+        )
+    alone = _forward(problem, x[:1], fixed)
+    tol = 1e3 * torch.finfo(out.dtype).eps * (1.0 + float(out.abs().max()))
+    if alone.shape != out[:1].shape or float((alone - out[:1]).abs().max()) > tol:
+        raise ModelError(
+            "the output for one example depends on the other examples in the batch (BatchNorm "
+            "using batch statistics?); the NTK needs a per-example function: call model.eval()"
+        )
+    return tuple(out.shape[1:]), max(1, sizes[0] // n), counter.get_total_flops() / n

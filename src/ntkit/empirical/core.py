@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from .._validation import as_tensor, check_choice, check_positive_int
-from ..errors import ModelError, ShapeError
-from . import methods, structured
-from ._params import ParamSelector, check_pure, flat_outputs, make_fn, select_params
+from ..errors import MemoryBudgetError, ModelError, ShapeError
+from . import cost_model
+from ._blocks import DEFAULT_MEMORY_BUDGET, block_size, caches, tile
+from ._params import ParamSelector, Problem, prepare
+from .jacobian import JacobianMethod
+from .ntk_vp import NtkVpMethod
+from .structured import NotApplicableError, StructuredMethod
 
 OUTPUTS = ("trace", "full", "diagonal")
 METHODS = ("auto", "jacobian", "ntk_vp", "structured")
-#: Bytes allowed for per-example Jacobians / tangents of one block.
-DEFAULT_BLOCK_BYTES = 512 * 2**20
+#: With ``x2=None`` the kernel is cut into about this many row blocks (of at least
+#: ``SYMMETRIC_MIN_BLOCK`` examples) so that the blocks below the diagonal are skipped.
+SYMMETRIC_BLOCKS = 4
+SYMMETRIC_MIN_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How :func:`empirical_ntk` computes a kernel (see :func:`plan_empirical_ntk`).
+
+    Attributes:
+        method: ``"jacobian"``, ``"ntk_vp"`` or ``"structured"``.
+        block: examples per block.
+        costs: estimated flop-equivalents of every applicable method (``auto``'s choice is
+            the smallest); empty when a method was requested explicitly.
+        structured_reason: why the structured path does not apply (``None`` if it does).
+    """
+
+    method: str
+    block: int
+    costs: dict
+    structured_reason: str | None
 
 
 def empirical_ntk(
@@ -27,164 +53,137 @@ def empirical_ntk(
     method: str = "auto",
     params: ParamSelector = None,
     batch_size: int | None = None,
+    memory_budget: int | None = None,
 ) -> torch.Tensor:
-    """Empirical NTK ``k(x, x') = Σ_p ∂f(x)/∂w_p · ∂f(x')/∂w_p`` at the current weights.
+    """Empirical NTK ``k(x, x')_{o o'} = Σ_p ∂f_o(x)/∂w_p · ∂f_o'(x')/∂w_p`` at the current weights.
 
     Args:
-        model: any module ``torch.func.functional_call`` can run, mapping ``(n, ...)`` to
-            ``(n, ...)`` outputs (flattened to ``o`` outputs; ``(n,)`` is ``o = 1``).
-            Buffers pass through unchanged; a forward that changes them is refused.
-        x1: ``(n1, ...)`` inputs; x2: ``(n2, ...)`` or ``None`` (``x2 = x1``, symmetric half).
-        output: ``"trace"`` → ``(n1, n2)`` summed over outputs, ``"full"`` →
-            ``(n1, n2, o, o)``, ``"diagonal"`` → ``(n1, n2, o)`` (each output with itself).
-        method: ``"jacobian"`` (Jacobian contraction, ``N·O·[FP] + N²·O²·P``),
-            ``"ntk_vp"`` (NTK-vector products, ``N²·O·[FP]``), ``"structured"`` (products of
-            input and output-gradient Grams, for networks whose parameters all sit in
-            ``nn.Linear``/ntkit Dense layers), or ``"auto"`` (structured where it applies,
-            else the cheaper of the other two by the cost model).
-        params: which parameters count: ``None`` (all with ``requires_grad``), a list of
-            names, or a predicate ``(name, parameter) -> bool`` — e.g. the first layer only.
-        batch_size: examples per block (default: from a 512 MiB budget for Jacobians).
+        model: any ``nn.Module`` that ``torch.func.functional_call`` can run on a batch
+            ``(n, *in_shape)``, returning one tensor ``(n, *out_shape)``. The ``o =
+            prod(out_shape)`` outputs are flattened; a scalar-output model returning ``(n,)``
+            has ``o = 1``. Buffers pass through unchanged. The forward must be pure and treat
+            examples independently: BatchNorm in training mode, dropout in training mode, or
+            a forward that changes a buffer raise ModelError (call ``model.eval()``).
+        x1: ``(n1, *in_shape)`` inputs (tensor or NumPy array), cast to the model's dtype.
+        x2: ``(n2, *in_shape)`` or ``None`` (``x2 = x1``: only the blocks on and above the
+            diagonal are computed; the result is exactly symmetric).
+        output: ``"trace"`` → ``(n1, n2)``, summed over the outputs ``o = o'``;
+            ``"full"`` → ``(n1, n2, o, o)``; ``"diagonal"`` → ``(n1, n2, o)`` (``o = o'``).
+        method: ``"jacobian"`` (per-example Jacobians, contracted: ``N·O·[FP] + N²·O²·P``),
+            ``"ntk_vp"`` (NTK-vector products: ``N²·O·[FP]``), ``"structured"`` (input and
+            cotangent Grams of ``nn.Linear``/``nn.Conv{1,2,3}d``/ntkit Dense and Conv layers,
+            and the per-channel affine parameters of BatchNorm (eval)/LayerNorm/GroupNorm,
+            never forming whole-model per-example Jacobians; verified against autograd on two
+            examples first; ModelError if a selected parameter sits elsewhere), or ``"auto"``
+            (the cheapest by :mod:`~ntkit.empirical.cost_model`; Novak et al. 2022). All
+            methods give the same kernel up to rounding.
+        params: the parameters that count (the rest is held fixed): ``None`` (all with
+            ``requires_grad``), a name or module prefix (``"0"`` → ``"0.weight"``,
+            ``"0.bias"``), a list of names/prefixes/parameter tensors, or a predicate
+            ``(name, parameter) -> bool`` — e.g. the first layer only (Arora et al. 2019).
+        batch_size: examples per block (default: the largest within ``memory_budget``).
+        memory_budget: bytes for the temporaries of one block pair (default 1 GiB); the
+            output itself is not counted.
 
     Returns:
-        The kernel in the model's dtype, on the inputs' device.
+        The kernel in the model's parameter dtype, on the model's device.
+
+    Raises:
+        ModelError, ShapeError, ParameterError, MemoryBudgetError (messages say what to do).
     """
+    with torch.enable_grad():  # the structured path runs autograd; results carry no graph
+        _, x1, x2, plan, runner = _plan(model, x1, x2, output, method, params, batch_size,
+                                        memory_budget)
+        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+        n_examples = x1.shape[0] + (0 if x2 is None else x2.shape[0])
+        return tile(runner, x1, x2, output, plan.block, caches(runner, n_examples, budget))
+
+
+def plan_empirical_ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: str = "trace",
+                       method: str = "auto", params: ParamSelector = None,
+                       batch_size: int | None = None, memory_budget: int | None = None) -> Plan:
+    """What :func:`empirical_ntk` would do with these arguments (which method ``auto``
+    picks, the block size, the estimated costs), without computing the kernel."""
+    with torch.enable_grad():
+        return _plan(model, x1, x2, output, method, params, batch_size, memory_budget)[3]
+
+
+def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
     check_choice(output, "output", OUTPUTS)
     check_choice(method, "method", METHODS)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    selected, fixed = select_params(model, params)
-    check_pure(model)
-    ref = next(iter(selected.values()))
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if ref is None:
+        raise ModelError(
+            f"the model ({type(model).__name__}) has no floating-point parameters, so its NTK "
+            "is zero; pass a model with weights"
+        )
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_positive_int(
+        memory_budget, "memory_budget")
     x1 = as_tensor(x1, "x1", dtype=ref.dtype, min_ndim=1, device=ref.device)
     if x2 is not None:
         x2 = as_tensor(x2, "x2", dtype=ref.dtype, min_ndim=1, device=ref.device)
         if x2.shape[1:] != x1.shape[1:]:
             raise ShapeError(
                 f"x1 and x2 must have the same example shape, got {tuple(x1.shape[1:])} and "
-                f"{tuple(x2.shape[1:])}"
+                f"{tuple(x2.shape[1:])}; reshape one of them"
             )
-    buffers = {k: b for k, b in model.named_buffers()}
-    fn = make_fn(model, fixed, buffers)
-    n_out = _probe(model, fn, selected, buffers, x1)
-    n_params = sum(p.numel() for p in selected.values())
-    full = output != "trace"
-
-    layers = structured.supported_layers(model, selected)
-    requested = method
-    if method == "auto":
-        method = "structured" if layers is not None else _cheaper(model, x1, n_out, n_params, full)
-    kernel = None
-    if method == "structured":
-        if layers is not None:
-            kernel = _structured(model, layers, selected, x1, x2, full, batch_size)
-        if kernel is None and requested == "structured":
-            raise ModelError(
-                "method='structured' needs every selected parameter in an nn.Linear or ntkit "
-                "Dense layer, each called once per forward on (n, features) inputs; use "
-                "method='jacobian' or 'ntk_vp'"
-            )
-        if kernel is None:
-            method = _cheaper(model, x1, n_out, n_params, full)
-    if kernel is None:
-        block_fn = methods.jacobian_block if method == "jacobian" else methods.ntk_vp_block
-        block = _block(batch_size, n_out, n_params, x1)
-        kernel = _tiled(block_fn, fn, selected, x1, x2, full, block)
-    if output == "diagonal":
-        return kernel.diagonal(dim1=2, dim2=3)
-    return kernel
-
-
-def _probe(model, fn, selected, buffers, x1) -> int:
-    """Run one forward on two examples: check purity and the output layout; return ``o``."""
-    before = {k: b.clone() for k, b in buffers.items()}
-    with torch.no_grad():
-        out = fn(selected, x1[:2])
-    for k, b in buffers.items():
-        if not torch.equal(before[k], b):
-            raise ModelError(
-                f"the forward pass changed buffer {k!r}; the NTK needs a pure forward: call "
-                "model.eval() (or use track_running_stats=False)"
-            )
-    return flat_outputs(out, min(2, x1.shape[0])).shape[1]
-
-
-def _block(batch_size, n_out, n_params, x) -> int:
-    if batch_size is not None:
-        return check_positive_int(batch_size, "batch_size")
-    per_example = n_out * n_params * x.element_size() * 3
-    return max(1, min(x.shape[0], DEFAULT_BLOCK_BYTES // per_example))
-
-
-def _forward_cost(model: nn.Module, x: torch.Tensor) -> float:
-    """Multiply-adds of one example's forward through Linear/Conv layers (a cost proxy)."""
-    total = [0.0]
-
-    def hook(mod, args, out):
-        total[0] += mod.weight.numel() * (out[0].numel() / out.shape[1] if out.ndim > 2 else 1)
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.ndim >= 2]
-    with torch.no_grad():
-        model(x[:1])
-    for h in handles:
-        h.remove()
-    return max(total[0], 1.0)
-
-
-def _cheaper(model, x, n_out, n_params, full) -> str:
-    """Cost model of Novak et al. 2022 (Table 1): pick the method with fewer flops."""
-    n = x.shape[0]
-    fp = 2.0 * _forward_cost(model, x)
-    jac = n * n_out * 3 * fp + n * n * (n_out if full else 1) * n_out * n_params
-    vp = n * n * n_out * 3 * fp
-    return "jacobian" if jac <= vp else "ntk_vp"
-
-
-def _tiled(block_fn, fn, params, x1, x2, full, block) -> torch.Tensor:
-    """Tile the pair grid; only the upper block triangle when ``x2`` is None."""
+    probe = x1[:2] if x1.shape[0] >= 2 else x1[[0, 0]]
+    problem = prepare(model, params, probe)
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
     symmetric = x2 is None
-    cols = x1 if symmetric else x2
-    n1, n2 = x1.shape[0], cols.shape[0]
-    out = None
-    for r0 in range(0, n1, block):
-        r1 = min(n1, r0 + block)
-        for c0 in range(r0 if symmetric else 0, n2, block):
-            c1 = min(n2, c0 + block)
-            same = symmetric and c0 == r0
-            tile = block_fn(fn, params, x1[r0:r1], None if same else cols[c0:c1], full)
-            if out is None:
-                out = tile.new_empty((n1, n2, *tile.shape[2:]))
-            if same:  # exactly symmetric diagonal blocks
-                tile = 0.5 * (tile + _swap(tile))
-            out[r0:r1, c0:c1] = tile
-            if symmetric and not same:
-                out[c0:c1, r0:r1] = _swap(tile)
-    return out
+
+    structured, reason = None, None
+    if method in ("auto", "structured"):
+        try:
+            structured = StructuredMethod(problem, probe, n1, n2, output)
+        except NotApplicableError as err:
+            reason = str(err)
+            if method == "structured":
+                raise ModelError(
+                    f"method='structured' does not apply to this model: {reason}. Use "
+                    "method='jacobian' or 'ntk_vp' (or 'auto')"
+                ) from err
+    runners = _runners(problem, probe, method, structured, budget)
+    n = max(n1, n2)
+    n_examples = n1 + (0 if symmetric else n2)
+
+    def block_of(runner) -> int:
+        block = block_size(runner, n, output, budget, batch_size)
+        if symmetric and batch_size is None and caches(runner, n_examples, budget):
+            # Several blocks skip the products below the diagonal; features are reused.
+            block = min(block, max(SYMMETRIC_MIN_BLOCK, math.ceil(n / SYMMETRIC_BLOCKS)))
+            block = math.ceil(n / math.ceil(n / block))
+        return block
+
+    if method != "auto":
+        runner = runners[method]
+        return problem, x1, x2, Plan(method, block_of(runner), {}, reason), runner
+    fp = cost_model.forward_flops(problem)
+    costs, blocks, failure = {}, {}, None
+    for name, runner in runners.items():
+        try:
+            blocks[name] = block_of(runner)
+        except MemoryBudgetError as err:
+            failure = err
+            continue
+        cached = caches(runner, n_examples, budget)
+        costs[name] = cost_model.COSTS[name](runner if name == "structured" else problem, fp, n1,
+                                             n2, symmetric, output, blocks[name], cached)
+    if not costs:
+        raise failure
+    best = min(costs, key=costs.get)
+    return problem, x1, x2, Plan(best, blocks[best], costs, reason), runners[best]
 
 
-def _swap(tile: torch.Tensor) -> torch.Tensor:
-    """The block of the swapped pairs: ``(b2, b1)`` or ``(b2, b1, o, o)`` with outputs swapped."""
-    return tile.T if tile.ndim == 2 else tile.permute(1, 0, 3, 2)
-
-
-def _structured(model, layers, selected, x1, x2, full, batch_size):
-    """Features for all examples in blocks, then the Gram products (``None``: not applicable)."""
-    block = batch_size or max(1, min(x1.shape[0], 4096))
-
-    def feats(x):
-        parts = [structured.structured_features(model, layers, selected, x[i : i + block])
-                 for i in range(0, x.shape[0], block)]
-        if any(p is None for p in parts):
-            return None
-        return {name: (torch.cat([p[name][0] for p in parts]), torch.cat([p[name][1] for p in parts], 1))
-                for name, _ in layers}
-
-    f1 = feats(x1)
-    if f1 is None:
-        return None
-    f2 = f1 if x2 is None else feats(x2)
-    kernel = structured.structured_block(layers, selected, f1, f2, full)
-    return 0.5 * (kernel + _swap(kernel)) if x2 is None else kernel
-
-
+def _runners(problem: Problem, probe: torch.Tensor, method: str, structured, budget: int) -> dict:
+    runners: dict = {}
+    if method in ("auto", "jacobian"):
+        runners["jacobian"] = JacobianMethod(problem, probe)
+    if method in ("auto", "ntk_vp"):
+        runners["ntk_vp"] = NtkVpMethod(problem, budget)
+    if structured is not None:
+        runners["structured"] = structured
+    return runners

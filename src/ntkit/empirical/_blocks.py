@@ -1,0 +1,92 @@
+"""Blocks of examples under a memory budget, and the pair grid they tile.
+
+A method exposes ``features(x_block)`` (per-example work: Jacobians, captured layer inputs
+and cotangents, ...), ``pair(f1, f2, output)`` (one kernel block) and the byte estimates
+``feature_bytes(b)`` / ``pair_bytes(b1, b2, output)``. The block size is the largest that
+keeps two feature blocks and one pair's temporaries under the budget. With ``x2=None`` only
+blocks on and above the diagonal are computed; the rest are their transposes. Features are
+kept for reuse when all of them fit in half the budget, and recomputed otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._validation import check_positive_int
+from ..errors import MemoryBudgetError
+
+#: Bytes allowed for the temporaries of one block pair (the output is not counted).
+DEFAULT_MEMORY_BUDGET = 2**30
+
+
+def block_size(method, n: int, output: str, budget: int, batch_size: int | None) -> int:
+    """Examples per block: ``batch_size`` if given, else the largest that fits ``budget``."""
+    if batch_size is not None:
+        return min(check_positive_int(batch_size, "batch_size"), n)
+
+    def fits(b: int) -> bool:
+        return 2 * method.feature_bytes(b) + method.pair_bytes(b, b, output) <= budget
+
+    if not fits(1):
+        need = 2 * method.feature_bytes(1) + method.pair_bytes(1, 1, output)
+        raise MemoryBudgetError(
+            f"method={method.name!r} needs about {need / 2**20:.0f} MiB for a single pair of "
+            f"examples but memory_budget is {budget / 2**20:.0f} MiB; raise memory_budget or use "
+            "another method"
+        )
+    lo, hi = 1, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    blocks = math.ceil(n / lo)
+    return math.ceil(n / blocks)  # equal-sized blocks
+
+
+def caches(method, n_examples: int, budget: int) -> bool:
+    """Whether the features of all examples fit in half the budget."""
+    return method.feature_bytes(n_examples) <= budget // 2
+
+
+def swap(block: torch.Tensor, output: str) -> torch.Tensor:
+    """The block of the swapped pairs: ``K[j, i, o', o]`` from ``K[i, j, o, o']``."""
+    if output == "full":
+        return block.permute(1, 0, 3, 2)
+    return block.transpose(0, 1)
+
+
+def tile(method, x1: torch.Tensor, x2: torch.Tensor | None, output: str, block: int,
+         cache: bool) -> torch.Tensor:
+    """Assemble the kernel of ``x1`` and ``x2`` (``None``: ``x1``, symmetric) block by block."""
+    symmetric = x2 is None
+    columns = x1 if symmetric else x2
+    n1, n2 = x1.shape[0], columns.shape[0]
+    rows_at, cols_at = range(0, n1, block), range(0, n2, block)
+    store: dict[tuple[int, int], object] = {}
+
+    def features(side: int, start: int):
+        key = (side, start)
+        if key in store:
+            return store[key]
+        x = x1 if side == 1 else columns
+        f = method.features(x[start : start + block])
+        if cache:
+            store[key] = f
+        return f
+
+    out = None
+    for r in rows_at:
+        f1 = features(1, r)
+        for c in (range(r, n2, block) if symmetric else cols_at):
+            same = symmetric and c == r
+            f2 = f1 if same else features(1 if symmetric else 2, c)
+            part = method.pair(f1, f2, output)
+            if out is None:
+                out = part.new_empty((n1, n2, *part.shape[2:]))
+            if same:  # exactly symmetric diagonal blocks
+                part = 0.5 * (part + swap(part, output))
+            out[r : r + block, c : c + block] = part
+            if symmetric and not same:
+                out[c : c + block, r : r + block] = swap(part, output)
+    return out
