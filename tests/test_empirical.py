@@ -464,6 +464,8 @@ def test_bad_inputs_give_clear_errors():
         empirical_ntk(nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.Linear(4, 1)).double(), x)
     with pytest.raises(ModelError, match="changed buffer 'calls'"):
         empirical_ntk(CountingNet(), x)
+    with pytest.raises(ModelError, match="different outputs"):
+        empirical_ntk(Lambda(lambda z: z + torch.rand_like(z)), x)  # random, no Dropout module
     coupled = Lambda(lambda z: z - z.mean(0))  # batch statistics without BatchNorm
     with pytest.raises(ModelError, match="depends on the other examples"):
         empirical_ntk(coupled, x)

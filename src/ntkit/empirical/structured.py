@@ -23,9 +23,12 @@ parameters ``y = γ ⊙ x̂ + β`` of ``BatchNorm`` (eval mode, running statisti
 and ``GroupNorm``, whose Jacobians ``Σ_p g_o[c, p] x̂[c, p]`` and ``Σ_p g_o[c, p]`` are formed
 per example (they have one entry per channel). A parameter may be shared by
 several such layers or used by one layer several times. Before use, the decomposition is
-verified on two examples against autograd (per-example gradients of random output
-combinations); a parameter used outside these layers, a layer that mixes examples, or any
-other mismatch makes the path inapplicable (``auto`` then falls back to another method).
+verified on two probe examples against autograd: the layer cotangents of one example must
+not reach the other, and a random directional derivative of the outputs with respect to the
+selected parameters, by forward mode through the model, must equal the one rebuilt from the
+captured inputs and cotangents. A parameter used outside these layers, a layer that mixes
+examples, or any other mismatch makes the path inapplicable (``auto`` then falls back to
+another method; ``method="structured"`` raises ModelError saying why).
 """
 
 from __future__ import annotations

@@ -226,10 +226,44 @@ class KernelOperator:
         return self.matvec(v)
 
     def matvec(self, v: Any) -> torch.Tensor:
-        """``K v`` for ``v`` of shape ``(n2,)`` or ``(n2, k)``."""
+        """``K v`` for ``v`` of shape ``(n2,)`` or ``(n2, k)``.
+
+        Columns whose rows of ``v`` are all zero are skipped when that saves work (a
+        non-symmetric operator without cache and at least half of ``v``'s rows zero — e.g.
+        a Nyström ``α``, nonzero at the centres only): ``K v = K[:, S] v[S]``.
+        """
         vt, squeeze = self._prepare(v, self.shape[1], "v")
+        if not self.symmetric and not self.cached:
+            support = vt.ne(0).any(1)
+            kept = int(support.sum())
+            if kept == 0:
+                out = vt.new_zeros((self.shape[0], vt.shape[1]))
+                return out[:, 0] if squeeze else out
+            if kept <= self.shape[1] // 2:
+                sub = self._column_subset(support.nonzero().flatten())
+                try:
+                    out = sub.matvec(vt[support])
+                finally:
+                    sub.close()
+                return out[:, 0] if squeeze else out
         out = self._dask_matvec(vt, False) if self.backend == "dask" else self._local_matvec(vt, False)
         return out[:, 0] if squeeze else out
+
+    def _column_subset(self, idx: torch.Tensor) -> KernelOperator:
+        """``K[:, idx]`` with the same settings (and its pinned entries), never cached."""
+        pinned = None
+        if self._pinned is not None:
+            position = torch.full((self.shape[1],), -1, dtype=torch.long, device=self.device)
+            position[idx] = torch.arange(idx.numel(), device=self.device)
+            cols = position[self._pinned[1]]
+            keep = cols >= 0
+            pinned = (self._pinned[0][keep], cols[keep], self._pinned[2][keep])
+        return KernelOperator(
+            self.arch, self._x1, self.x2[idx], self.get, memory_budget=self.memory_budget,
+            dtype=self.dtype, cache=False, backend=self.backend, client=self._client,
+            timeout=self.timeout, connect_timeout=self.connect_timeout, progress=self.progress,
+            _pinned=pinned,
+        )
 
     def rmatvec(self, u: Any) -> torch.Tensor:
         """``Kᵀ u`` for ``u`` of shape ``(n1,)`` or ``(n1, k)``."""
