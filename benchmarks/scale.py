@@ -9,7 +9,7 @@ generated examples), ridge ``= ridge_rel · mean(diag K)`` (same for every metho
 Every case runs in a fresh subprocess (clean peak RSS = ``ru_maxrss`` of that process,
 everything included: interpreter, torch, data). Cases:
 
-- ``sklearn``: ``arch.kernel`` for ``K`` and ``K_test``, then (timed, alternating)
+- ``sklearn``: ``K`` and ``K_test`` (``KernelOperator.to_dense``), then (timed, alternating)
   ``KernelRidge(kernel="precomputed").fit/predict`` and ntkit's exact path on the same
   matrices (``nk.linalg.solve(K, Y, solver="cholesky")`` and ``K_test @ α``);
 - ``cholesky``: ntkit end to end — ``KernelOperator`` → ``solve(solver="cholesky")``
@@ -127,8 +127,9 @@ def run_case(case: dict) -> dict:
     if method == "sklearn":
         from sklearn.kernel_ridge import KernelRidge
 
-        K = arch.kernel(x, get="ntk")
-        Kt = arch.kernel(xt, x, get="ntk")
+        big = 4 * n * n * 8
+        K = KernelOperator(arch, x, memory_budget=big).to_dense()
+        Kt = KernelOperator(arch, xt, x, memory_budget=big).to_dense()
         out["t_kernel"] = time.perf_counter() - t0
         Kn, Ktn, Yn = K.numpy(), Kt.numpy(), Y.numpy()
         t_sk, t_nt = [], []
@@ -193,6 +194,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, nargs="*", help="restrict to these n")
     parser.add_argument("--M", type=int, nargs="*", help="restrict Nyström to these M")
     parser.add_argument("--test", type=int, default=10_000, help="held-out test examples")
+    parser.add_argument("--pool", type=int, default=110_000,
+                        help="examples to generate (the same pool, hence the same data, for any "
+                             "subset of cases; at least max n + test)")
     parser.add_argument("--ridge-rel", type=float, default=1e-3, help="ridge / mean(diag K)")
     parser.add_argument("--repeats", type=int, default=1, help="sklearn-vs-ntkit repeats")
     parser.add_argument("--json", help="also write the results to this file")
@@ -220,6 +224,8 @@ def main() -> None:
     if not grid:
         sys.exit("no case matches the filters")
     total = max(n for _, n, _ in grid) + args.test
+    if not args.quick:
+        total = max(total, args.pool)
     with tempfile.TemporaryDirectory(prefix="ntkit-scale-") as tmp:
         t = time.perf_counter()
         xp, yp = make_data(math.ceil(total / 10) * 10, tmp)

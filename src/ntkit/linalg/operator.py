@@ -13,13 +13,19 @@ tiles fit in ``memory_budget``) the tiles are computed at the first product and 
 so later products are plain matrix products, memory-bandwidth bound.
 
 **Memory.** At most ``memory_budget`` bytes of working memory (see
-:mod:`ntkit.linalg.budget`): the temporaries of one tile, the cache, and the row panel of
-:meth:`KernelOperator.gram`. ``to_dense`` is refused past the budget.
+:mod:`ntkit.linalg.budget`): the temporaries of the tiles in flight, the cache, and the row
+panel of :meth:`KernelOperator.gram`. ``to_dense`` is refused past the budget.
+
+**Parallelism.** Tiles are computed ``threads`` at a time, each on its own thread with
+torch single-threaded inside (see the ``threads`` argument); results are added up in a
+fixed order, so products do not depend on the thread count or timing.
 """
 
 from __future__ import annotations
 
-import math
+import collections
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,6 +42,17 @@ _GETS = ("ntk", "nngp")
 _BACKENDS = ("local", "dask")
 #: Default side of a Dask block (a task): large enough to amortize the task overhead.
 DEFAULT_DASK_BLOCK = 2048
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Set torch's intra-op threads to ``n`` for the block (process-wide), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _progress(total: int, desc: str, enabled: bool | None):
@@ -69,6 +86,14 @@ class KernelOperator:
         timeout: Dask only: seconds to wait for one computation (``None``: no limit).
         connect_timeout: Dask only: seconds to wait for a scheduler address to answer.
         progress: show a progress bar over tiles (``None``: only on a terminal).
+        threads: local backend: tiles computed at once, each on its own thread with torch
+            single-threaded inside (default ``torch.get_num_threads()``). Many small
+            elementwise passes parallelize poorly inside torch, and on a busy machine its
+            threads' barriers cost far more than the work (measured: 20-100× slower with 2
+            intra-op threads next to other jobs on 2 cores); whole tiles per thread avoid
+            both. While tiles run, torch's intra-op thread count is 1 process-wide (it is
+            restored afterwards); ``threads=1`` computes tiles one by one and leaves torch's
+            setting alone. The budget is shared: each tile gets ``1/threads`` of it.
 
     Shapes: ``op @ v`` takes ``(n2,)`` or ``(n2, k)`` and returns ``(n1,)`` or ``(n1, k)``
     in the operator's dtype, on the inputs' device.
@@ -91,6 +116,7 @@ class KernelOperator:
         timeout: float | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         progress: bool | None = False,
+        threads: int | None = None,
         _pinned: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         if not isinstance(arch, Layer):
@@ -128,24 +154,35 @@ class KernelOperator:
         self.progress = progress
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        if threads is None:
+            threads = torch.get_num_threads()
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise ParameterError(f"threads must be an integer >= 1, got {threads!r}")
+        self.threads = 1 if x1.device.type != "cpu" else int(threads)
         self._cost = TileCost.of(arch, x1, self.get == "ntk")
         self._cost.check(self.memory_budget)
         _tiles.kernel_tile(arch, x1[:1], None, self.get)  # fails early on a bad arch/input
 
         n1, n2 = self.shape
         budget = self.memory_budget
+        if self.backend != "local":
+            self.threads = 1  # Dask workers are the parallelism there
+        # tiles in flight at once share the budget (at least one tile fits: checked above)
+        self.threads = min(self.threads, max(1, budget // self._cost.tile_bytes(1, 1)))
+        w = self.threads
         if tile is not None:
             if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1:
                 raise ParameterError(f"tile must be an integer >= 1, got {tile!r}")
             tile = int(tile)
-            need = self._cost.tile_bytes(tile, tile)
+            need = w * self._cost.tile_bytes(tile, tile)
             if need > budget:
                 raise MemoryBudgetError(
-                    f"tile={tile} needs {need} bytes ({format_bytes(need)}) of temporaries but "
-                    f"memory_budget is {budget} bytes ({format_bytes(budget)}); use a smaller "
-                    f"tile (at most {self._cost.side(budget)} fits) or leave tile=None"
+                    f"tile={tile} needs {need} bytes ({format_bytes(need)}) of temporaries "
+                    f"({w} at once) but memory_budget is {budget} bytes ({format_bytes(budget)}); "
+                    f"use a smaller tile (at most {self._cost.side(budget // w)} fits) or leave "
+                    "tile=None"
                 )
-        side = tile if tile is not None else self._cost.side(budget)
+        side = tile if tile is not None else self._cost.side(budget // w)
         itemsize = self._cost.itemsize
         cache_bytes = (
             symmetric_cache_bytes(n1, side, itemsize) if self.symmetric else n1 * n2 * itemsize
@@ -155,14 +192,14 @@ class KernelOperator:
         if cache is False:
             self.cached = False
         elif tile is not None:
-            self.cached = self._cost.tile_bytes(tile, tile) <= left
+            self.cached = w * self._cost.tile_bytes(tile, tile) <= left
         else:
             # the cache saves recomputing every tile at every product: worth smaller tiles,
             # down to a side of 64 (below that the per-tile overhead dominates)
             smallest = min(64, n1, n2)
-            self.cached = left >= self._cost.tile_bytes(smallest, smallest)
+            self.cached = left >= w * self._cost.tile_bytes(smallest, smallest)
             if self.cached:
-                side = min(side, self._cost.side(left))
+                side = min(side, self._cost.side(left // w))
         if cache is True and not self.cached:
             raise MemoryBudgetError(
                 f"cache=True needs {cache_bytes} bytes ({format_bytes(cache_bytes)}) for the "
@@ -336,17 +373,11 @@ class KernelOperator:
         if rows >= self.tile:
             rows -= rows % self.tile  # panels made of whole tiles: diagonal tiles stay aligned
         buf = self._x1.new_empty((min(rows, n1), n2))
-        with _progress(math.ceil(n1 / rows), "Kᵀ K", self.progress) as bar:
-            for r0 in range(0, n1, rows):
-                r1 = min(n1, r0 + rows)
-                p = buf[: r1 - r0]
-                for a0 in range(r0, r1, self.tile):
-                    a1 = min(r1, a0 + self.tile)
-                    for c0 in range(0, n2, self.tile):
-                        c1 = min(n2, c0 + self.tile)
-                        p[a0 - r0 : a1 - r0, c0:c1] = self._tile(a0, a1, c0, c1)
-                yield r0, r1, p
-                bar.update()
+        for r0 in range(0, n1, rows):
+            r1 = min(n1, r0 + rows)
+            p = buf[: r1 - r0]
+            self._fill(p, self._panel_grid(r0, r1), r0, 0, False, "Kᵀ K")
+            yield r0, r1, p
 
     def _prepare(self, v: Any, n: int, name: str) -> tuple[torch.Tensor, bool]:
         vt = as_tensor(v, name, dtype=self.dtype, min_ndim=1, max_ndim=2, device=self.device)
@@ -377,6 +408,49 @@ class KernelOperator:
                 grid.append((r0, min(n1, r0 + s), c0, min(n2, c0 + s)))
         return grid
 
+    def _map(self, fn, items: list, desc: str):
+        """``fn(item)`` for each item, results yielded in order (deterministic sums).
+
+        With ``threads > 1``: on a pool of worker threads, torch single-threaded, at most
+        ``2·threads`` items submitted ahead (``threads`` tiles' temporaries alive at once).
+        """
+        with _progress(len(items), desc, self.progress) as bar:
+            if self.threads <= 1 or len(items) <= 1:
+                for item in items:
+                    yield fn(item)
+                    bar.update()
+                return
+            with _torch_threads(1), ThreadPoolExecutor(
+                self.threads, initializer=torch.set_num_threads, initargs=(1,)
+            ) as pool:
+                pending: collections.deque = collections.deque()
+                queue = iter(items)
+                for item in queue:
+                    pending.append(pool.submit(fn, item))
+                    if len(pending) >= 2 * self.threads:
+                        break
+                while pending:
+                    result = pending.popleft().result()
+                    for item in queue:
+                        pending.append(pool.submit(fn, item))
+                        break
+                    yield result
+                    bar.update()
+
+    def _fill(self, dest: torch.Tensor, grid, r_off: int, c_off: int, mirror: bool, desc: str) -> None:
+        """Write the tiles ``grid`` into ``dest`` (offset by ``(r_off, c_off)``); ``mirror``
+        also writes each off-diagonal tile's transpose (a symmetric dense matrix)."""
+
+        def work(box):
+            r0, r1, c0, c1 = box
+            tile = self._tile(r0, r1, c0, c1)
+            dest[r0 - r_off : r1 - r_off, c0 - c_off : c1 - c_off] = tile
+            if mirror and c0 != r0:
+                dest[c0 - r_off : c1 - r_off, r0 - c_off : r1 - c_off] = tile.T
+
+        for _ in self._map(work, list(grid), desc):
+            pass
+
     def _local_matvec(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
         n1, n2 = self.shape
         out = v.new_zeros((n2 if transpose else n1, v.shape[1]))
@@ -388,23 +462,26 @@ class KernelOperator:
                     out[r1:] += panel[:, r1 - r0 :].T @ v[r0:r1]
                 return out
             return self._cache.T @ v if transpose else self._cache @ v
+        def work(box):
+            r0, r1, c0, c1 = box
+            tile = self._tile(r0, r1, c0, c1)
+            if transpose:
+                return None, tile.T @ v[r0:r1]
+            back = tile.T @ v[r0:r1] if self.symmetric and c0 != r0 else None
+            return tile @ v[c0:c1], back
+
         grid = self._tile_grid()
-        with _progress(len(grid), "K @ v", self.progress) as bar:
-            for r0, r1, c0, c1 in grid:
-                tile = self._tile(r0, r1, c0, c1)
-                if transpose:
-                    out[c0:c1] += tile.T @ v[r0:r1]
-                else:
-                    out[r0:r1] += tile @ v[c0:c1]
-                    if self.symmetric and c0 != r0:
-                        out[c0:c1] += tile.T @ v[r0:r1]
-                bar.update()
+        for (r0, r1, c0, c1), (forward, backward) in zip(grid, self._map(work, grid, "K @ v")):
+            if forward is not None:
+                out[r0:r1] += forward
+            if backward is not None:
+                out[c0:c1] += backward
         return out
 
     def _panel_rows(self) -> int:
         """Rows of a full-width panel that fit next to one tile's temporaries."""
         n2 = self.shape[1]
-        left = self.memory_budget - self._cost.tile_bytes(self.tile, self.tile)
+        left = self.memory_budget - self.threads * self._cost.tile_bytes(self.tile, self.tile)
         return min(self.shape[0], left // max(1, n2 * self._cost.itemsize))
 
     def _local_gram(self, v: torch.Tensor, rows: int) -> torch.Tensor:
@@ -412,18 +489,22 @@ class KernelOperator:
         rows = max(rows, 1)
         out = v.new_zeros((n2, v.shape[1]))
         panel = v.new_empty((min(rows, n1), n2))
-        with _progress(math.ceil(n1 / rows), "Kᵀ K v", self.progress) as bar:
-            for r0 in range(0, n1, rows):
-                r1 = min(n1, r0 + rows)
-                p = panel[: r1 - r0]
-                for a0 in range(r0, r1, self.tile):
-                    a1 = min(r1, a0 + self.tile)
-                    for c0 in range(0, n2, self.tile):
-                        c1 = min(n2, c0 + self.tile)
-                        p[a0 - r0 : a1 - r0, c0:c1] = self._tile(a0, a1, c0, c1)
-                out += p.T @ (p @ v)
-                bar.update()
+        for r0 in range(0, n1, rows):
+            r1 = min(n1, r0 + rows)
+            p = panel[: r1 - r0]
+            self._fill(p, self._panel_grid(r0, r1), r0, 0, False, "Kᵀ K v")
+            out += p.T @ (p @ v)
         return out
+
+    def _panel_grid(self, r0: int, r1: int) -> list[tuple[int, int, int, int]]:
+        """Tiles of the full-width row panel ``[r0, r1)``."""
+        n2 = self.shape[1]
+        s = self.tile
+        return [
+            (a0, min(r1, a0 + s), c0, min(n2, c0 + s))
+            for a0 in range(r0, r1, s)
+            for c0 in range(0, n2, s)
+        ]
 
     def _build_cache(self) -> None:
         if self._cache is not None:
@@ -435,23 +516,19 @@ class KernelOperator:
         s = self.tile
         if not self.symmetric:
             dense = self._x1.new_empty((n1, n2))
-            with _progress(len(self._tile_grid()), "kernel tiles", self.progress) as bar:
-                for r0, r1, c0, c1 in self._tile_grid():
-                    dense[r0:r1, c0:c1] = self._tile(r0, r1, c0, c1)
-                    bar.update()
+            self._fill(dense, self._tile_grid(), 0, 0, False, "kernel tiles")
             self._cache = dense
             return
-        panels = []
-        with _progress(math.ceil(n1 / s), "kernel panels", self.progress) as bar:
-            for r0 in range(0, n1, s):
-                r1 = min(n1, r0 + s)
-                panel = self._x1.new_empty((r1 - r0, n1 - r0))
-                for c0 in range(r0, n1, s):
-                    c1 = min(n1, c0 + s)
-                    panel[:, c0 - r0 : c1 - r0] = self._tile(r0, r1, c0, c1)
-                panels.append((r0, r1, panel))
-                bar.update()
-        self._cache = panels
+        # upper row panels K[I, I.start:], all tiles on and above the diagonal
+        panels = {r0: self._x1.new_empty((min(n1, r0 + s) - r0, n1 - r0)) for r0 in range(0, n1, s)}
+
+        def work(box):
+            r0, r1, c0, c1 = box
+            panels[r0][:, c0 - r0 : c1 - r0] = self._tile(r0, r1, c0, c1)
+
+        for _ in self._map(work, self._tile_grid(), "kernel tiles"):
+            pass
+        self._cache = [(r0, min(n1, r0 + s), panels[r0]) for r0 in sorted(panels)]
 
     def precompute(self) -> KernelOperator:
         """Compute and keep the tile cache now (only when the operator caches); returns self."""
@@ -493,7 +570,8 @@ class KernelOperator:
                 f"{self.memory_budget} bytes ({format_bytes(self.memory_budget)}); raise "
                 "memory_budget, or use the operator (op @ v) and an iterative solver"
             )
-        return self._dense(sub=self._cost.side(self.memory_budget - need))
+        per_tile = max(self._cost.tile_bytes(1, 1), (self.memory_budget - need) // self.threads)
+        return self._dense(sub=self._cost.side(per_tile))
 
     def _dense(self, sub: int | None = None) -> torch.Tensor:
         """The dense matrix without the budget check on the result (callers own it)."""
@@ -501,8 +579,16 @@ class KernelOperator:
             return self._dense_from_cache()
         if self.backend == "dask":
             return self._dask_to_dense()
+        n1, n2 = self.shape
         side = self.tile if sub is None else sub
-        return _tiles.compute_block(self.arch, self._x1, self._x2, self.get, side, self._pinned)
+        grid = [
+            (r0, min(n1, r0 + side), c0, min(n2, c0 + side))
+            for r0 in range(0, n1, side)
+            for c0 in range(r0 if self.symmetric else 0, n2, side)
+        ]
+        dense = self._x1.new_empty((n1, n2))
+        self._fill(dense, grid, 0, 0, self.symmetric, "kernel tiles")
+        return dense
 
     def _dense_from_cache(self) -> torch.Tensor:
         if not self.symmetric:
