@@ -20,6 +20,7 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ModelError, NtkitError, ParameterError
+from ._memo import recall, remember, structure_key
 
 #: ``None`` (all trainable), a name or module prefix, a list of names/prefixes/parameters,
 #: or a predicate ``(name, parameter) -> bool``.
@@ -49,6 +50,8 @@ class Problem:
     n_out: int = 1
     act_numel: int = 0
     forward_flops: float = 0.0
+    #: what the model checks depend on (see :mod:`._memo`)
+    key: tuple = ()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -176,6 +179,8 @@ def check_modules(model: nn.Module) -> None:
 def prepare(model: Any, params: ParamSelector, probe: torch.Tensor) -> Problem:
     """Select parameters, check the model and probe its output on ``probe`` (2 examples).
 
+    The probe runs once per model structure and input layout (:mod:`._memo`).
+
     Raises ModelError for a non-module, a module without parameters, an impure forward
     (changes a buffer), a random forward, an output without the batch axis first, and a
     forward whose result for one example depends on the other examples of the batch.
@@ -186,7 +191,12 @@ def prepare(model: Any, params: ParamSelector, probe: torch.Tensor) -> Problem:
     check_modules(model)
     buffers = dict(model.named_buffers())
     problem = Problem(model, selected, {**fixed, **buffers})
-    problem.out_shape, problem.act_numel, problem.forward_flops = _probe(problem, buffers, probe)
+    problem.key = structure_key(model, selected, probe)
+    probed = recall(model, problem.key, "probe")
+    if probed is None:
+        probed = _probe(problem, buffers, probe)
+        remember(model, problem.key, "probe", probed)
+    problem.out_shape, problem.act_numel, problem.forward_flops = probed
     problem.n_out = math.prod(problem.out_shape)
     if problem.n_out == 0:
         raise ModelError(f"the model's output per example has shape {problem.out_shape}, i.e. no entries")

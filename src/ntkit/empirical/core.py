@@ -152,7 +152,9 @@ def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
 
     def block_of(runner) -> int:
         block = block_size(runner, n, output, budget, batch_size)
-        if symmetric and batch_size is None and caches(runner, n_examples, budget):
+        # (structured: its diagonal blocks skip their own lower half, see StructuredMethod.pair)
+        if (symmetric and batch_size is None and runner.name != "structured"
+                and caches(runner, n_examples, budget)):
             # Several blocks skip the products below the diagonal; features are reused.
             block = min(block, max(SYMMETRIC_MIN_BLOCK, math.ceil(n / SYMMETRIC_BLOCKS)))
             block = math.ceil(n / math.ceil(n / block))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch.func import jacrev, vjp, vmap
 
+from .._fast_matmul import matmul
 from ._params import Problem
 
 
@@ -37,9 +38,9 @@ class Accumulator:
         """Add ``J1 J2ᵀ`` for per-example Jacobians ``j1 (b1, o, F)`` and ``j2 (b2, o, F)``."""
         b1, b2, o = self.b1, self.b2, self.n_out
         if self.output == "trace":
-            self.data.addmm_(j1.reshape(b1, -1), j2.reshape(b2, -1).T)
+            self.data.add_(matmul(j1.reshape(b1, -1), j2.reshape(b2, -1).T))
         elif self.output == "full":
-            self.data.view(b1 * o, b2 * o).addmm_(j1.reshape(b1 * o, -1), j2.reshape(b2 * o, -1).T)
+            self.data.view(b1 * o, b2 * o).add_(matmul(j1.reshape(b1 * o, -1), j2.reshape(b2 * o, -1).T))
         else:
             self.data.baddbmm_(j1.transpose(0, 1), j2.permute(1, 2, 0))
 

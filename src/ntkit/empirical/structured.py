@@ -22,11 +22,12 @@ ntkit's ``NTKDense``/``NTKConv`` (both parameterizations), and the per-channel a
 parameters ``y = γ ⊙ x̂ + β`` of ``BatchNorm`` (eval mode, running statistics), ``LayerNorm``
 and ``GroupNorm``, whose Jacobians ``Σ_p g_o[c, p] x̂[c, p]`` and ``Σ_p g_o[c, p]`` are formed
 per example (they have one entry per channel). A parameter may be shared by
-several such layers or used by one layer several times. Before use, the decomposition is
-verified on two probe examples against autograd: the layer cotangents of one example must
-not reach the other, and a random directional derivative of the outputs with respect to the
-selected parameters, by forward mode through the model, must equal the one rebuilt from the
-captured inputs and cotangents. A parameter used outside these layers, a layer that mixes
+several such layers or used by one layer several times. Before first use (once per model
+structure and input layout: :mod:`._memo`), the decomposition is verified on two probe
+examples against autograd: the layer cotangents of one example must not reach the other,
+and a random directional derivative of the outputs with respect to the selected parameters,
+by forward mode through the model, must equal the one rebuilt from the captured inputs and
+cotangents. A parameter used outside these layers, a layer that mixes
 examples, or any other mismatch makes the path inapplicable (``auto`` then falls back to
 another method; ``method="structured"`` raises ModelError saying why).
 """
@@ -42,8 +43,11 @@ from torch import nn
 from torch.func import jvp
 from torch.nn import functional as F
 
+from .._fast_matmul import fast_matmuls, matmul
 from ..errors import ModelError
 from ..finite import NTKDense
+from ._blocks import swap
+from ._memo import recall, remember
 from ._params import Problem
 from .jacobian import Accumulator
 
@@ -53,6 +57,14 @@ except ImportError:  # pragma: no cover
     NTKConv = pad_images = None
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+#: The symmetric diagonal block is cut into row chunks only past this many flops (below,
+#: one product is faster than several smaller ones), into at most ``SYMMETRIC_CHUNKS``
+#: chunks of at least ``SYMMETRIC_CHUNK_MIN`` examples.
+SYMMETRIC_CHUNK_FLOPS = 4e8
+SYMMETRIC_CHUNKS = 8
+SYMMETRIC_CHUNK_MIN = 32
 
 
 class NotApplicableError(Exception):
@@ -192,6 +204,11 @@ class _Term:
     shape: dict = field(default_factory=dict)  # G, P, K, C after the probe
 
 
+def _copy_terms(terms: list[_Term]) -> list[_Term]:
+    """Independent copies (``form`` and ``shape`` are set per call)."""
+    return [_Term(t.kind, t.names, list(t.uses), t.form, dict(t.shape)) for t in terms]
+
+
 class StructuredMethod:
     """``method="structured"``; raises :class:`NotApplicableError` from the constructor."""
 
@@ -199,10 +216,23 @@ class StructuredMethod:
 
     def __init__(self, problem: Problem, probe: torch.Tensor, n1: int, n2: int, output: str) -> None:
         self.problem = problem
-        self.modules: list[nn.Module] = []
-        self.geometries: list[_Geometry] = []
-        self.terms = self._plan()
-        self.calls = self._verify(probe)
+        known = recall(problem.model, problem.key, "structured")
+        if isinstance(known, str):
+            raise NotApplicableError(known)
+        if known is None:
+            self.modules: list[nn.Module] = []
+            self.geometries: list[_Geometry] = []
+            try:
+                self.terms = self._plan()
+                self.calls = self._verify(probe)
+            except NotApplicableError as err:
+                remember(problem.model, problem.key, "structured", str(err))
+                raise
+            known = (self.modules, self.geometries, _copy_terms(self.terms), self.calls)
+            remember(problem.model, problem.key, "structured", known)
+        else:  # verified before for this structure: reuse the decomposition
+            self.modules, self.geometries, terms, self.calls = known
+            self.terms = _copy_terms(terms)
         self._choose_forms(n1, n2, output)
 
     # ------------------------------------------------------------------ setup
@@ -429,6 +459,10 @@ class StructuredMethod:
 
     def features(self, x: torch.Tensor) -> list:
         """Captured inputs and cotangents of every term, for a block ``x (b, ...)``."""
+        with fast_matmuls():
+            return self._features(x)
+
+    def _features(self, x: torch.Tensor) -> list:
         out, inputs, probes = self._forward(x, self.problem.selected)
         if [len(c) for c in inputs] != self.calls:
             raise ModelError(
@@ -452,11 +486,54 @@ class StructuredMethod:
         terms = []
         for term in self.terms:
             form = "jac" if term.kind in ("bias", "scale") else term.form
-            terms.append((form, self._term_features(term, inputs, per_call, form)))
+            feats = self._term_features(term, inputs, per_call, form)
+            if form == "gram":  # contiguous once here, not at every pair
+                feats = tuple(t.contiguous() for t in feats)
+            terms.append((form, feats))
         return b, terms
 
     def pair(self, f1: tuple, f2: tuple, output: str) -> torch.Tensor:
-        """The kernel block of two feature blocks: ``(b1, b2)``, ``(b1, b2, o, o)`` or ``(b1, b2, o)``."""
+        """The kernel block of two feature blocks: ``(b1, b2)``, ``(b1, b2, o, o)`` or ``(b1, b2, o)``.
+
+        A block with itself (``f1 is f2``, on the diagonal of a symmetric kernel) is symmetric:
+        when its products are large it is cut into row chunks of examples and only the chunk
+        pairs on and above the diagonal are computed (about ``(k+1)/2k`` of the flops).
+        """
+        chunks = self._self_chunks(f1, output) if f1 is f2 else 1
+        if chunks == 1:
+            return self._pair(f1, f2, output)
+        b = f1[0]
+        bounds = [(b * i // chunks, b * (i + 1) // chunks) for i in range(chunks)]
+        parts = [_slice_features(f1, i0, i1) for i0, i1 in bounds]
+        out = None
+        for i, (i0, i1) in enumerate(bounds):
+            for j in range(i, chunks):
+                j0, j1 = bounds[j]
+                block = self._pair(parts[i], parts[j], output)
+                if out is None:
+                    out = block.new_empty((b, b, *block.shape[2:]))
+                out[i0:i1, j0:j1] = block
+                if j > i:
+                    out[j0:j1, i0:i1] = swap(block, output)
+        return out
+
+    def _self_chunks(self, f: tuple, output: str) -> int:
+        """Row chunks for the symmetric block of ``f`` with itself (1: not worth cutting)."""
+        b, terms = f
+        o = self.problem.n_out
+        o_pair = o * o if output == "full" else o
+        flops = 0
+        for (form, _), term in zip(terms, self.terms):
+            s = term.shape
+            if form == "gram":
+                flops += 2 * b * b * s["G"] * s["P"] ** 2 * (s["K"] + o_pair * s["C"])
+            else:
+                flops += 2 * b * b * o_pair * s["G"] * s["C"] * s["K"]
+        if flops < SYMMETRIC_CHUNK_FLOPS:
+            return 1
+        return max(1, min(SYMMETRIC_CHUNKS, b // SYMMETRIC_CHUNK_MIN))
+
+    def _pair(self, f1: tuple, f2: tuple, output: str) -> torch.Tensor:
         (b1, terms1), (b2, terms2) = f1, f2
         like = terms1[0][1] if terms1[0][0] == "jac" else terms1[0][1][0]
         acc = Accumulator(output, b1, b2, self.problem.n_out, like)
@@ -492,6 +569,13 @@ class StructuredMethod:
         return b1 * b2 * (2 * o_pair + temp) * self.problem.itemsize
 
 
+def _slice_features(f: tuple, start: int, stop: int) -> tuple:
+    """The features of examples ``start:stop`` of a block (every tensor is batch-first)."""
+    _, terms = f
+    return stop - start, [(form, d[start:stop] if form == "jac" else tuple(t[start:stop] for t in d))
+                          for form, d in terms]
+
+
 def _add_gram(acc: Accumulator, a1, g1, a2, g2) -> None:
     """Add ``Σ_{p,q} <a1_p, a2_q> Σ_c g1[o, c, p] g2[o', c, q]`` (module docstring) to ``acc``.
 
@@ -501,12 +585,12 @@ def _add_gram(acc: Accumulator, a1, g1, a2, g2) -> None:
     b2, Q = g2.shape[0], g2.shape[4]
     K = a1.shape[3]
     if G == 1 and P == 1 and Q == 1:  # dense layer: elementwise product of two Grams
-        gram_a = a1.reshape(b1, K) @ a2.reshape(b2, K).T
+        gram_a = matmul(a1.reshape(b1, K), a2.reshape(b2, K).T)
         h1, h2 = g1.reshape(b1, o, C), g2.reshape(b2, o, C)
         if acc.output == "trace":
-            acc.data.addcmul_(gram_a, h1.reshape(b1, -1) @ h2.reshape(b2, -1).T)
+            acc.data.addcmul_(gram_a, matmul(h1.reshape(b1, -1), h2.reshape(b2, -1).T))
         elif acc.output == "full":
-            gram_g = (h1.reshape(b1 * o, C) @ h2.reshape(b2 * o, C).T).view(b1, o, b2, o)
+            gram_g = matmul(h1.reshape(b1 * o, C), h2.reshape(b2 * o, C).T).view(b1, o, b2, o)
             acc.data.addcmul_(gram_g, gram_a[:, None, :, None])
         else:
             acc.data.addcmul_(torch.bmm(h1.transpose(0, 1), h2.permute(1, 2, 0)), gram_a[None])

@@ -1,0 +1,53 @@
+"""Checks done once per model structure, remembered (weakly) on the model.
+
+:func:`~ntkit.empirical_ntk` probes a model before computing (output layout, purity, flop
+count) and, for the structured path, verifies its layer decomposition against autograd. Both
+depend on the model's structure, not on its weight values, so tracking a kernel during
+training would repeat them at every call for nothing. They are kept here, keyed by
+everything they depend on: the selected parameter names, every parameter's and buffer's
+name, shape, dtype and device, every submodule (identity, type, training flag, an
+instance-level ``forward`` override) and the example shape, dtype and device of the input.
+Any change to one of these runs the checks again; only successful outcomes (and the reason a
+structured path does not apply) are kept, so a failing model fails on every call.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+
+_MEMO: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
+#: Entries kept per model (different inputs shapes or parameter selections).
+MAX_ENTRIES = 16
+
+
+def structure_key(model: nn.Module, selected: dict[str, torch.Tensor], x: torch.Tensor) -> tuple:
+    """Everything the probe and the verification depend on, besides the weight values."""
+    tensors = tuple(
+        (kind, name, tuple(t.shape), t.dtype, t.device)
+        for kind, items in (("p", model.named_parameters()), ("b", model.named_buffers()))
+        for name, t in items
+    )
+    modules = tuple(
+        (name, id(m), type(m), m.training, id(m.__dict__.get("forward")))
+        for name, m in model.named_modules(remove_duplicate=False)
+    )
+    return tuple(selected), tensors, modules, tuple(x.shape[1:]), x.dtype, x.device
+
+
+def recall(model: nn.Module, key: tuple, what: str) -> Any:
+    """The remembered outcome ``what`` for ``key``, or ``None``."""
+    return _MEMO.get(model, {}).get((what, key))
+
+
+def remember(model: nn.Module, key: tuple, what: str, value: Any) -> None:
+    try:
+        entries = _MEMO.setdefault(model, {})
+    except TypeError:  # a module that cannot be weakly referenced: nothing is kept
+        return
+    if len(entries) >= MAX_ENTRIES:
+        entries.pop(next(iter(entries)))
+    entries[(what, key)] = value
