@@ -21,8 +21,10 @@ over rounds. ``x2 = None`` (the symmetric kernel of the n inputs) everywhere.
   the same architecture (standard parameterization), run with the python of ``.venv-nt``
   when that virtual environment exists (create it with ``scripts/setup_nt_venv.sh``).
 
-Torch subprocesses run with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it: with
-the default spin-waiting, a busy shared machine slows small parallel ops 30×. A case that
+Subprocesses run with OpenMP's default waiting policy (what users get); ``--omp-passive``
+sets ``OMP_WAIT_POLICY=PASSIVE``, which is better when other jobs share the cores (spinning
+threads then wait for a time slice) but costs every small parallel op a thread wake-up
+(measured: 1.6-1.9x slower structured kernels at n=64 on a quiet machine). A case that
 runs past ``--timeout`` is shown as ``>T``. "peak MB" is the growth of the
 process's peak RSS over its RSS before the first call. "ref/x" is the reference's time over
 the method's; "best/auto" compares ntkit's fastest explicit method with ``auto``.
@@ -183,10 +185,10 @@ def nt_worker(case: dict) -> dict:
 # ---------------------------------------------------------------------------- driver
 def run_case(case: dict, timeout: float) -> dict:
     python = NT_PYTHON if case["method"] in NT_METHODS else Path(sys.executable)
-    # On a shared machine OpenMP's default spin-waiting makes every parallel region wait for a
-    # time slice when another process holds a core (30x slower small ops, measured); passive
-    # waiting is the sane setting there. XLA's thread pool (neural-tangents) is unaffected.
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "PYTHONPATH": str(ROOT / "src"),
+    # --omp-passive: for a shared machine, where spinning OpenMP threads wait for a time slice
+    # (30x slower small ops, measured); XLA's thread pool (neural-tangents) is unaffected.
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"} if case.get("omp_passive") else {}
+    env = {**passive, **os.environ, "PYTHONPATH": str(ROOT / "src"),
            "TF_CPP_MIN_LOG_LEVEL": "3"}
     try:
         proc = subprocess.run([str(python), __file__, "--worker", json.dumps(case)],
@@ -232,6 +234,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ref-memory", type=float, default=4e9,
                         help="bytes of Jacobians the reference may hold at once")
+    parser.add_argument("--omp-passive", action="store_true",
+                        help="OMP_WAIT_POLICY=PASSIVE in torch subprocesses (a busy machine)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.worker:
@@ -257,7 +261,8 @@ def main() -> None:
                     model, n, dtype, output = key
                     case = {"model": model, "n": n, "dtype": dtype, "output": output,
                             "method": method, "repeats": args.repeats, "threads": args.threads,
-                            "data": data[n], "ref_memory": args.ref_memory}
+                            "data": data[n], "ref_memory": args.ref_memory,
+                            "omp_passive": args.omp_passive}
                     res = run_case(case, args.timeout)
                     raw.setdefault((*key, method), []).append(res)
                     shown = res.get("error") or f"{res['seconds']:.4f}s"

@@ -57,3 +57,16 @@ def rng():
 # One torch thread: the CI machine has 2 shared cores, where oversubscribed BLAS threads
 # made the suite many times slower; results do not depend on it.
 torch.set_num_threads(1)
+
+
+class WeightUsedOutside(torch.nn.Module):
+    """An MLP whose readout weight is also used directly through ``F.linear``: the
+    structured empirical NTK must refuse it (the weight acts outside its layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.out = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.inner(x))
+        return self.out(h) + torch.nn.functional.linear(h, self.out.weight)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import ntkit as nk
+from conftest import WeightUsedOutside
 from ntkit.empirical import empirical_ntk, plan_empirical_ntk
 from ntkit.errors import MemoryBudgetError, ModelError, ParameterError, ShapeError
 from ntkit.theory import TwoLayerNet, one_d_finite_kernel
@@ -278,17 +279,6 @@ def test_ntkit_conv_networks():
 
 
 def test_fallback_when_structure_does_not_hold():
-    class Outside(nn.Module):
-        """The readout weight is also used directly through F.linear."""
-
-        def __init__(self):
-            super().__init__()
-            self.inner, self.out = nn.Linear(4, 6), nn.Linear(6, 3)
-
-        def forward(self, x):
-            h = torch.relu(self.inner(x))
-            return self.out(h) + nn.functional.linear(h, self.out.weight)
-
     class TimeMajor(nn.Module):
         """Puts the batch on the second axis before a Linear layer."""
 
@@ -301,7 +291,7 @@ def test_fallback_when_structure_does_not_hold():
 
     torch.manual_seed(0)
     cases = [
-        (Outside(), (4,), "used outside"),
+        (WeightUsedOutside(), (4,), "used outside"),
         (TimeMajor(), (2, 4), "other examples"),
         (nn.Sequential(nn.Linear(4, 8), nn.PReLU(), nn.Linear(8, 2)), (4,), "PReLU"),
     ]

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import WeightUsedOutside
 from ntkit import _fast_matmul
 from ntkit.empirical import _params, empirical_ntk, structured
 from ntkit.errors import ModelError
@@ -96,17 +97,7 @@ def test_checks_run_once_per_structure(monkeypatch):
 
 def test_remembered_refusal_still_refuses(monkeypatch):
     count = _Counter(monkeypatch)
-
-    class Outside(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner, self.out = nn.Linear(4, 6), nn.Linear(6, 3)
-
-        def forward(self, x):
-            h = torch.relu(self.inner(x))
-            return self.out(h) + nn.functional.linear(h, self.out.weight)
-
-    model = Outside().double()
+    model = WeightUsedOutside().double()
     x = torch.randn(3, 4, dtype=F64)
     for _ in range(2):
         with pytest.raises(ModelError, match="used outside"):

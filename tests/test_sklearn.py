@@ -97,6 +97,36 @@ def test_regressor_equals_kernel_regression(get, ridge):
     assert not np.allclose(got, NTKRegressor(depth=2, kernel=get, ridge=ridge).fit(X, y).predict(Xt))
 
 
+@pytest.mark.parametrize("solver", ["cg", "nystrom"])
+def test_iterative_solvers_match_the_dense_solve(solver):
+    # Independent route: scipy's dense solve of (H + ridge I) a = y. Nyström keeps
+    # min(n, 5000) = n centres here, so it is exact up to its tolerance too.
+    X, y = _data(n=60)
+    Xt, _ = _data(n=11, seed=1)
+    H, Kt = _kernels(X, Xt, depth=3, get="ntk")
+    ridge = 1e-2
+    dual = scipy.linalg.solve(H.numpy() + ridge * np.eye(len(X)), y, assume_a="pos")
+    reg = NTKRegressor(depth=3, ridge=ridge, solver=solver).fit(X, y)
+    np.testing.assert_allclose(reg.dual_coef_, dual, rtol=1e-5, atol=1e-8 * np.abs(dual).max())
+    np.testing.assert_allclose(reg.predict(Xt), Kt.numpy() @ dual, rtol=1e-5, atol=1e-8)
+    pre = NTKRegressor(kernel="precomputed", ridge=ridge, solver=solver).fit(H.numpy(), y)
+    np.testing.assert_allclose(pre.predict(Kt.numpy()), Kt.numpy() @ dual, rtol=1e-5, atol=1e-8)
+    labels = (y > np.median(y)).astype(int)
+    clf = NTKClassifier(depth=3, ridge=ridge, solver=solver).fit(X, labels)
+    exact = NTKClassifier(depth=3, ridge=ridge).fit(X, labels)
+    np.testing.assert_allclose(clf.decision_function(Xt), exact.decision_function(Xt),
+                               rtol=1e-5, atol=1e-8)
+
+
+def test_iterative_solver_needs_t_none_and_a_known_name():
+    X, y = _data()
+    with pytest.raises(ParameterError, match="finite t"):
+        NTKRegressor(solver="cg", t=5.0).fit(X, y)
+    with pytest.raises(ParameterError, match="solver"):
+        NTKRegressor(solver="lsqr").fit(X, y)
+    assert NTKRegressor(solver="cg", t=float("inf")).fit(X, y).dual_coef_.shape == (len(X),)
+
+
 def test_regressor_equals_sklearn_kernel_ridge_on_the_callable():
     # scikit-learn's own solver (KernelRidge, which calls the kernel on pairs of rows).
     X, y = _data(n=15, d=3)

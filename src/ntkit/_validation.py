@@ -87,6 +87,24 @@ def as_tensor(
     return t
 
 
+def as_input_pair(
+    x1: Any, x2: Any, *, dtype: Any = None, device: torch.device | str | None = None,
+    min_ndim: int = 2,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x1 (n1, *shape)`` and ``x2 (n2, *shape)`` (or ``None``) as tensors (see
+    :func:`as_tensor`), ``x2`` on ``x1``'s device; ShapeError if the example shapes differ."""
+    x1 = as_tensor(x1, "x1", dtype=dtype, min_ndim=min_ndim, device=device)
+    if x2 is None:
+        return x1, None
+    x2 = as_tensor(x2, "x2", dtype=dtype, min_ndim=min_ndim, device=x1.device)
+    if x2.shape[1:] != x1.shape[1:]:
+        raise ShapeError(
+            f"x1 and x2 must have the same example shape, got {tuple(x1.shape[1:])} and "
+            f"{tuple(x2.shape[1:])}; reshape one of them"
+        )
+    return x1, x2
+
+
 def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
     """Return the common device of the given tensors, or raise DeviceError."""
     devices = {name: t.device for name, t in tensors.items() if t is not None}

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ._validation import as_tensor, check_positive_int, resolve_dtype
+from ._validation import as_input_pair, check_positive_int, resolve_dtype
 from .empirical import empirical_ntk
 from .errors import ParameterError, ShapeError
 from .kernel import Kernel
@@ -66,14 +66,7 @@ def monte_carlo_kernel(
         raise ParameterError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
     n_samples = check_positive_int(n_samples, "n_samples")
     dtype = resolve_dtype(dtype)
-    x1 = as_tensor(x1, "x1", dtype=dtype, min_ndim=2)
-    if x2 is not None:
-        x2 = as_tensor(x2, "x2", dtype=dtype, min_ndim=2, device=x1.device)
-        if x2.shape[1:] != x1.shape[1:]:
-            raise ShapeError(
-                f"x1 and x2 must have the same example shape, got {tuple(x1.shape[1:])} and "
-                f"{tuple(x2.shape[1:])}; reshape one of them"
-            )
+    x1, x2 = as_input_pair(x1, x2, dtype=dtype)
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, ()).item())
     totals: dict[str, torch.Tensor] = {}

@@ -59,11 +59,14 @@ from ._validation import as_tensor, check_choice, check_nonnegative, check_posit
 from .errors import DataError, NonFiniteError, ParameterError, ShapeError
 from .infinite import ABReLU, Erf, Identity, Layer, mlp
 from .infinite.activations import activation_from_name
+from .linalg import KernelOperator, solve
 from .predict import gradient_descent_mse, kernel_regression
 
 __all__ = ["NTK", "NTKClassifier", "NTKKernelFunction", "NTKRegressor", "ntk_kernel"]
 
 _KERNELS = ("ntk", "nngp")
+_SOLVERS = ("auto", "cholesky", "cg", "nystrom")
+_ITERATIVE = ("cg", "nystrom")
 _SQRT2 = math.sqrt(2.0)
 #: Activations whose kernel has a closed form (exact gradients in :class:`NTK`).
 _CLOSED_FORM = (ABReLU, Erf, Identity)
@@ -191,6 +194,7 @@ class _NTKEstimator(BaseEstimator):
         kernel: str = "ntk",
         t: float | None = None,
         ridge: float = 1e-6,
+        solver: str = "auto",
     ) -> None:
         self.depth = depth
         self.activation = activation
@@ -199,6 +203,7 @@ class _NTKEstimator(BaseEstimator):
         self.kernel = kernel
         self.t = t
         self.ridge = ridge
+        self.solver = solver
 
     def _check_solver_params(self) -> None:
         check_choice(self.kernel, "kernel", (*_KERNELS, "precomputed"))
@@ -208,6 +213,12 @@ class _NTKEstimator(BaseEstimator):
             if self.t < 0:
                 raise ParameterError(f"t must be >= 0 (training time), got {self.t}")
         check_nonnegative(self.ridge, "ridge")
+        check_choice(self.solver, "solver", _SOLVERS)
+        if self.solver in _ITERATIVE and self.t is not None and not math.isinf(self.t):
+            raise ParameterError(
+                f"solver={self.solver!r} solves the t=None (converged) problem; a finite t needs "
+                "the eigendecomposition of the kernel: use solver='auto' or 'cholesky'"
+            )
 
     def _fit_dual(self, X: np.ndarray, Y: np.ndarray) -> None:
         """Validate the parameters, build the kernel of ``X`` and solve for ``dual_coef_``."""
@@ -221,12 +232,18 @@ class _NTKEstimator(BaseEstimator):
             fn, H = None, torch.from_numpy(np.array(X, dtype=np.float64))
         else:
             fn = NTKKernelFunction(self.depth, self.activation, self.W_std, self.b_std, self.kernel)
-            H = fn.arch.kernel(_as_matrix(X, "X"), get=self.kernel)
-        eye = torch.eye(X.shape[0], dtype=H.dtype)
+            if self.solver in _ITERATIVE:  # matrix-free: the n×n kernel is never formed
+                H = KernelOperator(fn.arch, _as_matrix(X, "X"), get=self.kernel)
+            else:
+                H = fn.arch.kernel(_as_matrix(X, "X"), get=self.kernel)
         ridge = float(self.ridge)
-        if self.t is None or math.isinf(self.t):
+        if self.solver in _ITERATIVE:
+            dual = solve(H, Y, solver=self.solver, ridge=ridge)
+        elif self.t is None or math.isinf(self.t):
+            eye = torch.eye(X.shape[0], dtype=H.dtype)
             dual = kernel_regression(H, Y, eye, ridge=ridge)
         else:
+            eye = torch.eye(X.shape[0], dtype=H.dtype)
             dual = gradient_descent_mse(H, Y, ridge=ridge).test(float(self.t), eye)
         self.kernel_function_ = fn
         # A copy (the user may mutate X); None with a precomputed kernel, as SVC keeps none.
@@ -273,6 +290,13 @@ _PARAMS_DOC = """
             standardized inputs the NTK diagonal is ≈ ``depth`` with the default ``W_std``, so
             the default ``1e-6`` gives a near-interpolating fit that still solves when rows
             are duplicated; larger values regularize (tune on a log grid, e.g. 1e-6..1).
+        solver: how ``dual_coef_`` is solved for: ``"auto"``/``"cholesky"`` (the dense
+            kernel, Cholesky; required for a finite ``t``), ``"cg"`` (preconditioned
+            conjugate gradients) or ``"nystrom"`` (Nyström/Falkon with ``min(n, 5000)``
+            centres; ``dual_coef_`` is zero off the centres), both from
+            :func:`ntkit.linalg.solve` on a matrix-free
+            :class:`~ntkit.linalg.KernelOperator`, so the ``n × n`` kernel is never formed
+            (with ``kernel="precomputed"`` they run on the given matrix). For large ``n``.
 """
 
 
@@ -358,8 +382,9 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         t: float | None = None,
         ridge: float = 1e-6,
         temperature: float = 0.1,
+        solver: str = "auto",
     ) -> None:
-        super().__init__(depth, activation, W_std, b_std, kernel, t, ridge)
+        super().__init__(depth, activation, W_std, b_std, kernel, t, ridge, solver)
         self.temperature = temperature
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import as_tensor, check_choice, check_positive_int
-from ..errors import MemoryBudgetError, ModelError, ShapeError
+from .._validation import as_input_pair, check_choice, check_positive_int
+from ..errors import MemoryBudgetError, ModelError
 from . import cost_model
 from ._blocks import DEFAULT_MEMORY_BUDGET, block_size, caches, tile
 from ._params import ParamSelector, Problem, prepare
@@ -121,14 +121,7 @@ def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
         )
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_positive_int(
         memory_budget, "memory_budget")
-    x1 = as_tensor(x1, "x1", dtype=ref.dtype, min_ndim=1, device=ref.device)
-    if x2 is not None:
-        x2 = as_tensor(x2, "x2", dtype=ref.dtype, min_ndim=1, device=ref.device)
-        if x2.shape[1:] != x1.shape[1:]:
-            raise ShapeError(
-                f"x1 and x2 must have the same example shape, got {tuple(x1.shape[1:])} and "
-                f"{tuple(x2.shape[1:])}; reshape one of them"
-            )
+    x1, x2 = as_input_pair(x1, x2, dtype=ref.dtype, device=ref.device, min_ndim=1)
     probe = x1[:2] if x1.shape[0] >= 2 else x1[[0, 0]]
     problem = prepare(model, params, probe)
     n1 = x1.shape[0]

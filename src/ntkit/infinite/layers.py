@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import as_tensor, resolve_dtype
+from .._validation import as_input_pair, resolve_dtype
 from ..errors import ParameterError, ShapeError
 from ..kernel import Kernel
 from .state import KernelState
@@ -78,14 +78,8 @@ class Layer(abc.ABC):
 
         names, as_tensor_result = _parse_get(get)
         dtype = resolve_dtype(dtype)
-        x1 = as_tensor(x1, "x1", dtype=dtype, min_ndim=2)
+        x1, x2 = as_input_pair(x1, x2, dtype=dtype)
         if x2 is not None:
-            x2 = as_tensor(x2, "x2", dtype=dtype, min_ndim=2, device=x1.device)
-            if x2.shape[1:] != x1.shape[1:]:
-                raise ShapeError(
-                    f"x1 and x2 must have the same example shape, got {tuple(x1.shape[1:])} "
-                    f"and {tuple(x2.shape[1:])}; reshape one of them"
-                )
             if x2.shape == x1.shape and torch.equal(x1, x2):
                 x2 = None  # k(x, x): compute the symmetric half, pairs with itself exact
             elif diagonal and x2.shape[0] != x1.shape[0]:

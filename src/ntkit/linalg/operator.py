@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_tensor, check_choice, resolve_dtype
+from .._validation import as_input_pair, as_tensor, check_choice, resolve_dtype
 from ..errors import DeviceError, MemoryBudgetError, ParameterError, ShapeError
 from ..infinite.layers import Layer
 from . import _tiles
@@ -133,14 +133,8 @@ class KernelOperator:
         if dt not in (torch.float32, torch.float64):
             raise ParameterError(f"dtype must be torch.float64 or torch.float32, got {dt}")
         self.memory_budget = parse_bytes(memory_budget)
-        x1 = as_tensor(x1, "x1", dtype=dt, min_ndim=2)
+        x1, x2 = as_input_pair(x1, x2, dtype=dt)
         if x2 is not None:
-            x2 = as_tensor(x2, "x2", dtype=dt, min_ndim=2, device=x1.device)
-            if x2.shape[1:] != x1.shape[1:]:
-                raise ShapeError(
-                    f"x1 and x2 must have the same example shape, got {tuple(x1.shape[1:])} "
-                    f"and {tuple(x2.shape[1:])}; reshape one of them"
-                )
             if _pinned is None and x2.shape == x1.shape and torch.equal(x1, x2):
                 x2 = None  # k(x, x): symmetric, as arch.kernel does
         if self.backend == "dask" and x1.device.type != "cpu":
