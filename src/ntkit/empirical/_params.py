@@ -67,7 +67,7 @@ class Problem:
 
     @property
     def itemsize(self) -> int:
-        return torch.empty((), dtype=self.dtype).element_size()
+        return self.dtype.itemsize
 
     def call(self, selected: dict[str, torch.Tensor], x: torch.Tensor, fixed=None) -> Any:
         """The raw model output for a batch ``x`` with the given selected parameters."""
