@@ -85,6 +85,32 @@ def test_nystrom_preconditioner_speeds_up_cg(problem):
     assert rel(fast.x, p["exact"]) < 1e-6
 
 
+def test_auto_preconditioner_is_stronger_when_matrix_free(problem, monkeypatch):
+    # Each matrix-free CG step recomputes the kernel: the default preconditioner takes more
+    # columns there. The ranks are scaled down to this problem's n = 400.
+    p = problem
+    monkeypatch.setattr(solve_module, "DEFAULT_PRECONDITIONER_RANK", 20)
+    monkeypatch.setattr(solve_module, "MATRIX_FREE_PRECONDITIONER_RANK", 200)
+    ranks = []
+    real = solve_module.NystromPreconditioner
+
+    def spy(*args, rank, **kwargs):
+        ranks.append(rank)
+        return real(*args, rank=rank, **kwargs)
+
+    monkeypatch.setattr(solve_module, "NystromPreconditioner", spy)
+    steps = {}
+    for cache in (True, False):
+        op = KernelOperator(p["arch"], p["x"], tile=64, cache=cache)
+        assert op.cached is cache
+        alpha, info = solve(op, p["Y"], solver="cg", ridge=p["ridge"], tol=1e-10,
+                            return_info=True)
+        assert rel(alpha, p["exact"]) < 1e-7
+        steps[cache] = info.iterations
+    assert ranks == [20, 200]
+    assert steps[False] < steps[True]
+
+
 def test_nystrom_with_all_points_equals_cholesky(problem):
     p = problem
     op = KernelOperator(p["arch"], p["x"], tile=64)

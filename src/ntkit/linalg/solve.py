@@ -12,7 +12,11 @@ memory):
    the budget — an exact ``O(n³)`` solve, factorized in place (no second ``n²`` copy);
 2. ``"cg"`` when the symmetric operator caches its tiles (``n²/2`` numbers fit the budget):
    each CG iteration is then a pass over memory; the default preconditioner is a Nyström
-   one of rank ``min(n, 500)`` (:class:`~ntkit.linalg.NystromPreconditioner`);
+   one of rank ``min(n, 500)`` (:class:`~ntkit.linalg.NystromPreconditioner`). ``"cg"``
+   also runs, by request, on an operator that does not cache (matrix-free: each step
+   recomputes the kernel); its default preconditioner then has rank ``min(n, 2000)``, and a
+   loose ``tol`` with a ``maxiter`` is the way to bound the time (n = 10⁵ on 2 cores:
+   15 steps, 11 min, the exact solve's test accuracy; benchmarks/RESULTS.md);
 3. ``"nystrom"`` otherwise, with ``min(n, 5000)`` centres (:func:`~ntkit.linalg.nystrom`),
    whose passes cost ``n·M`` kernel entries instead of ``n²``.
 
@@ -37,8 +41,13 @@ from .preconditioner import NystromPreconditioner
 SOLVERS = ("auto", "cholesky", "cg", "nystrom")
 #: Largest ``n`` for which ``solver="auto"`` factorizes (``n³/3`` flops: ~1 min at 2·10⁴ on 2 cores).
 AUTO_CHOLESKY_MAX_N = 20_000
-#: Rank of the default Nyström preconditioner of ``solver="cg"``.
+#: Rank of the default Nyström preconditioner of ``solver="cg"`` (kernel in memory)...
 DEFAULT_PRECONDITIONER_RANK = 500
+#: ...and on an operator that recomputes its tiles at every product (matrix-free), where one
+#: CG step costs ``n²`` kernel entries and the preconditioner's ``n·l`` entries and
+#: ``n·l²`` flops are cheap next to it: fewer steps pay (benchmarks/RESULTS.md: at
+#: n = 40,000 rank 2,000 reaches the exact solve's test accuracy in 10 steps).
+MATRIX_FREE_PRECONDITIONER_RANK = 2000
 
 
 @dataclass
@@ -92,8 +101,9 @@ def solve(
         tol: CG relative residual (default ``1e-6`` for ``"cg"``, ``1e-8`` for
             ``"nystrom"``'s well-conditioned reduced system).
         maxiter: CG iteration cap (defaults: see :func:`conjugate_gradient`, :func:`nystrom`).
-        preconditioner: ``"cg"`` only: ``"auto"`` (Nyström of rank ``min(n, 500)``),
-            ``None``, a callable ``r -> z``, or an object with ``apply(r)``.
+        preconditioner: ``"cg"`` only: ``"auto"`` (Nyström of rank ``min(n, 500)``, or
+            ``min(n, 2000)`` on an operator that does not cache), ``None``, a callable
+            ``r -> z``, or an object with ``apply(r)``.
         centers: ``"nystrom"`` only: ``None`` (``min(n, 5000)``), an int ``M <= n``, or
             distinct training-row indices.
         seed: seed of the Nyström centres / preconditioner columns.
@@ -174,9 +184,9 @@ def _cg(kernel, Y, ridge, tol, maxiter, preconditioner, seed, progress) -> tuple
     n = kernel.shape[0]
     if isinstance(preconditioner, str):
         check_choice(preconditioner, "preconditioner", ("auto",))
-        preconditioner = NystromPreconditioner(
-            kernel, rank=min(n, DEFAULT_PRECONDITIONER_RANK), ridge=ridge, seed=seed
-        )
+        matrix_free = is_operator(kernel) and not kernel.cached
+        rank = MATRIX_FREE_PRECONDITIONER_RANK if matrix_free else DEFAULT_PRECONDITIONER_RANK
+        preconditioner = NystromPreconditioner(kernel, rank=min(n, rank), ridge=ridge, seed=seed)
 
     def matvec(v: torch.Tensor) -> torch.Tensor:
         out = kernel @ v
