@@ -95,6 +95,21 @@ def test_checks_run_once_per_structure(monkeypatch):
     assert count.verify == 4
 
 
+def test_memo_does_not_keep_models_alive():
+    import gc
+    import weakref
+
+    from ntkit.empirical import _memo
+
+    model = nn.Linear(3, 2).double()  # the model is itself the layer the memo describes
+    empirical_ntk(model, torch.randn(4, 3, dtype=F64), method="structured")
+    assert model in _memo._MEMO
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None
+
+
 def test_remembered_refusal_still_refuses(monkeypatch):
     count = _Counter(monkeypatch)
     model = WeightUsedOutside().double()

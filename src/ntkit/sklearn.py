@@ -232,7 +232,7 @@ class _NTKEstimator(BaseEstimator):
             fn, H = None, torch.from_numpy(np.array(X, dtype=np.float64))
         else:
             fn = NTKKernelFunction(self.depth, self.activation, self.W_std, self.b_std, self.kernel)
-            if self.solver in _ITERATIVE:  # matrix-free: the n×n kernel is never formed
+            if self.solver in _ITERATIVE:  # tiles under a budget, never the dense n×n matrix
                 H = KernelOperator(fn.arch, _as_matrix(X, "X"), get=self.kernel)
             else:
                 H = fn.arch.kernel(_as_matrix(X, "X"), get=self.kernel)
@@ -294,9 +294,9 @@ _PARAMS_DOC = """
             kernel, Cholesky; required for a finite ``t``), ``"cg"`` (preconditioned
             conjugate gradients) or ``"nystrom"`` (Nyström/Falkon with ``min(n, 5000)``
             centres; ``dual_coef_`` is zero off the centres), both from
-            :func:`ntkit.linalg.solve` on a matrix-free
-            :class:`~ntkit.linalg.KernelOperator`, so the ``n × n`` kernel is never formed
-            (with ``kernel="precomputed"`` they run on the given matrix). For large ``n``.
+            :func:`ntkit.linalg.solve` on a :class:`~ntkit.linalg.KernelOperator` (tiles
+            under its default memory budget: the dense ``n × n`` matrix is never formed;
+            with ``kernel="precomputed"`` they run on the given matrix). For large ``n``.
 """
 
 

@@ -221,6 +221,7 @@ class StructuredMethod:
             raise NotApplicableError(known)
         if known is None:
             self.modules: list[nn.Module] = []
+            self.module_names: list[str] = []
             self.geometries: list[_Geometry] = []
             try:
                 self.terms = self._plan()
@@ -228,10 +229,14 @@ class StructuredMethod:
             except NotApplicableError as err:
                 remember(problem.model, problem.key, "structured", str(err))
                 raise
-            known = (self.modules, self.geometries, _copy_terms(self.terms), self.calls)
+            # names, not modules: the memo must not hold the model (its weak key) alive
+            known = (list(self.module_names), _copy_terms(self.terms), self.calls)
             remember(problem.model, problem.key, "structured", known)
-        else:  # verified before for this structure: reuse the decomposition
-            self.modules, self.geometries, terms, self.calls = known
+        else:  # verified before for this structure (same module objects): reuse it
+            self.module_names, terms, self.calls = known
+            named = dict(problem.model.named_modules(remove_duplicate=False))
+            self.modules = [named[name] for name in self.module_names]
+            self.geometries = [_geometry(m) for m in self.modules]
             self.terms = _copy_terms(terms)
         self._choose_forms(n1, n2, output)
 
@@ -257,6 +262,7 @@ class StructuredMethod:
                 if id(module) not in index:
                     index[id(module)] = len(self.modules)
                     self.modules.append(module)
+                    self.module_names.append(mname)
                     self.geometries.append(geo)
                 entry = (index[id(module)], attr)
                 if entry not in owners[name_of[id(p)]]:
