@@ -239,12 +239,12 @@ class _NTKEstimator(BaseEstimator):
         ridge = float(self.ridge)
         if self.solver in _ITERATIVE:
             dual = solve(H, Y, solver=self.solver, ridge=ridge)
-        elif self.t is None or math.isinf(self.t):
-            eye = torch.eye(X.shape[0], dtype=H.dtype)
-            dual = kernel_regression(H, Y, eye, ridge=ridge)
         else:
             eye = torch.eye(X.shape[0], dtype=H.dtype)
-            dual = gradient_descent_mse(H, Y, ridge=ridge).test(float(self.t), eye)
+            if self.t is None or math.isinf(self.t):
+                dual = kernel_regression(H, Y, eye, ridge=ridge)
+            else:
+                dual = gradient_descent_mse(H, Y, ridge=ridge).test(float(self.t), eye)
         self.kernel_function_ = fn
         # A copy (the user may mutate X); None with a precomputed kernel, as SVC keeps none.
         self.X_fit_ = None if fn is None else np.array(X, dtype=np.float64, order="C")

@@ -44,10 +44,7 @@ def recall(model: nn.Module, key: tuple, what: str) -> Any:
 
 
 def remember(model: nn.Module, key: tuple, what: str, value: Any) -> None:
-    try:
-        entries = _MEMO.setdefault(model, {})
-    except TypeError:  # a module that cannot be weakly referenced: nothing is kept
-        return
+    entries = _MEMO.setdefault(model, {})
     if len(entries) >= MAX_ENTRIES:
         entries.pop(next(iter(entries)))
     entries[(what, key)] = value

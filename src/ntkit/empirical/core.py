@@ -145,8 +145,7 @@ def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
 
     def block_of(runner) -> int:
         block = block_size(runner, n, output, budget, batch_size)
-        # (structured: its diagonal blocks skip their own lower half, see StructuredMethod.pair)
-        if (symmetric and batch_size is None and runner.name != "structured"
+        if (symmetric and batch_size is None and not runner.symmetric_pairs
                 and caches(runner, n_examples, budget)):
             # Several blocks skip the products below the diagonal; features are reused.
             block = min(block, max(SYMMETRIC_MIN_BLOCK, math.ceil(n / SYMMETRIC_BLOCKS)))

@@ -61,6 +61,7 @@ class JacobianMethod:
     """``method="jacobian"``: features are the per-example Jacobians of a block."""
 
     name = "jacobian"
+    symmetric_pairs = False  # symmetric kernels: the caller skips blocks below the diagonal
 
     def __init__(self, problem: Problem, probe: torch.Tensor) -> None:
         self.problem = problem

@@ -20,6 +20,7 @@ class NtkVpMethod:
     """``method="ntk_vp"``: no per-block features; every block pair does the products."""
 
     name = "ntk_vp"
+    symmetric_pairs = False  # symmetric kernels: the caller skips blocks below the diagonal
 
     def __init__(self, problem: Problem, budget: int) -> None:
         self.problem = problem

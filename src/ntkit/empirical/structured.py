@@ -213,6 +213,9 @@ class StructuredMethod:
     """``method="structured"``; raises :class:`NotApplicableError` from the constructor."""
 
     name = "structured"
+    #: its block with itself skips its own lower half (:meth:`pair`): no need for the
+    #: caller to cut symmetric kernels into several blocks
+    symmetric_pairs = True
 
     def __init__(self, problem: Problem, probe: torch.Tensor, n1: int, n2: int, output: str) -> None:
         self.problem = problem

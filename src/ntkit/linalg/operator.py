@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -370,7 +371,7 @@ class KernelOperator:
         for r0 in range(0, n1, rows):
             r1 = min(n1, r0 + rows)
             p = buf[: r1 - r0]
-            self._fill(p, self._panel_grid(r0, r1), r0, 0, False, "Kᵀ K")
+            self._fill(p, self._panel_grid(r0, r1), r0, False, "Kᵀ K")
             yield r0, r1, p
 
     def _prepare(self, v: Any, n: int, name: str) -> tuple[torch.Tensor, bool]:
@@ -393,9 +394,10 @@ class KernelOperator:
             tile[pins[0], pins[1]] = pins[2]
         return tile
 
-    def _tile_grid(self) -> list[tuple[int, int, int, int]]:
+    def _tile_grid(self, side: int | None = None) -> list[tuple[int, int, int, int]]:
+        """Tiles of side ``side`` (default ``self.tile``); on/above the diagonal if symmetric."""
         n1, n2 = self.shape
-        s = self.tile
+        s = self.tile if side is None else side
         grid = []
         for r0 in range(0, n1, s):
             for c0 in range(r0 if self.symmetric else 0, n2, s):
@@ -417,30 +419,26 @@ class KernelOperator:
             with _torch_threads(1), ThreadPoolExecutor(
                 self.threads, initializer=torch.set_num_threads, initargs=(1,)
             ) as pool:
-                pending: collections.deque = collections.deque()
                 queue = iter(items)
-                for item in queue:
-                    pending.append(pool.submit(fn, item))
-                    if len(pending) >= 2 * self.threads:
-                        break
+                pending = collections.deque(
+                    pool.submit(fn, item) for item in itertools.islice(queue, 2 * self.threads)
+                )
                 while pending:
                     result = pending.popleft().result()
-                    for item in queue:
-                        pending.append(pool.submit(fn, item))
-                        break
+                    pending.extend(pool.submit(fn, item) for item in itertools.islice(queue, 1))
                     yield result
                     bar.update()
 
-    def _fill(self, dest: torch.Tensor, grid, r_off: int, c_off: int, mirror: bool, desc: str) -> None:
-        """Write the tiles ``grid`` into ``dest`` (offset by ``(r_off, c_off)``); ``mirror``
-        also writes each off-diagonal tile's transpose (a symmetric dense matrix)."""
+    def _fill(self, dest: torch.Tensor, grid, r_off: int, mirror: bool, desc: str) -> None:
+        """Write the tiles ``grid`` into ``dest`` (rows offset by ``r_off``); ``mirror`` also
+        writes each off-diagonal tile's transpose (a symmetric dense matrix, ``r_off = 0``)."""
 
         def work(box):
             r0, r1, c0, c1 = box
             tile = self._tile(r0, r1, c0, c1)
-            dest[r0 - r_off : r1 - r_off, c0 - c_off : c1 - c_off] = tile
+            dest[r0 - r_off : r1 - r_off, c0:c1] = tile
             if mirror and c0 != r0:
-                dest[c0 - r_off : c1 - r_off, r0 - c_off : r1 - c_off] = tile.T
+                dest[c0:c1, r0:r1] = tile.T
 
         for _ in self._map(work, list(grid), desc):
             pass
@@ -486,7 +484,7 @@ class KernelOperator:
         for r0 in range(0, n1, rows):
             r1 = min(n1, r0 + rows)
             p = panel[: r1 - r0]
-            self._fill(p, self._panel_grid(r0, r1), r0, 0, False, "Kᵀ K v")
+            self._fill(p, self._panel_grid(r0, r1), r0, False, "Kᵀ K v")
             out += p.T @ (p @ v)
         return out
 
@@ -510,7 +508,7 @@ class KernelOperator:
         s = self.tile
         if not self.symmetric:
             dense = self._x1.new_empty((n1, n2))
-            self._fill(dense, self._tile_grid(), 0, 0, False, "kernel tiles")
+            self._fill(dense, self._tile_grid(), 0, False, "kernel tiles")
             self._cache = dense
             return
         # upper row panels K[I, I.start:], all tiles on and above the diagonal
@@ -573,15 +571,8 @@ class KernelOperator:
             return self._dense_from_cache()
         if self.backend == "dask":
             return self._dask_to_dense()
-        n1, n2 = self.shape
-        side = self.tile if sub is None else sub
-        grid = [
-            (r0, min(n1, r0 + side), c0, min(n2, c0 + side))
-            for r0 in range(0, n1, side)
-            for c0 in range(r0 if self.symmetric else 0, n2, side)
-        ]
-        dense = self._x1.new_empty((n1, n2))
-        self._fill(dense, grid, 0, 0, self.symmetric, "kernel tiles")
+        dense = self._x1.new_empty(self.shape)
+        self._fill(dense, self._tile_grid(sub), 0, self.symmetric, "kernel tiles")
         return dense
 
     def _dense_from_cache(self) -> torch.Tensor:
