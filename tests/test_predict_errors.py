@@ -178,3 +178,29 @@ def test_condition_estimate_on_dense_matrices(log_cond, warns):
     if warns:
         est = float(re.search(r"≈ ([0-9.e+]+)", str(hits[0].message)).group(1))
         assert 10 ** (log_cond - 1) < est <= 1.01 * 10**log_cond
+
+
+def test_singularity_does_not_depend_on_whether_cholesky_fails():
+    """One criterion (λ_min <= n·ε·λ_max, ntkit.linalg.conditioning) on every CPU.
+
+    A factor with a 1e-9 pivot gives a matrix whose Cholesky succeeds everywhere (pivot²
+    1e-18 > 0) although it is numerically singular; exactly rank-deficient Gram matrices,
+    whose factorization succeeds or fails by rounding, must raise the same way.
+    """
+    import ntkit.linalg as linalg
+
+    L = np.tril(np.random.default_rng(2).standard_normal((5, 5)), -1) + np.diag([1, 1, 1, 1, 1e-9])
+    cases = [L @ L.T]
+    for seed in range(20):
+        A = np.random.default_rng(seed).standard_normal((8 + seed, 3 + seed % 4))
+        cases.append(A @ A.T)
+    for H in cases:
+        y = np.ones(H.shape[0])
+        with pytest.raises(SingularMatrixError, match="ridge"):
+            predict.kernel_regression(H, y)
+        with pytest.raises(SingularMatrixError, match="ridge"):
+            linalg.solve(H, y, solver="cholesky")
+    # just above the threshold it is a (warned) solve, not an error
+    H = np.diag([1.0, 1e-13])
+    with pytest.warns(IllConditionedWarning):
+        assert torch.isfinite(predict.kernel_regression(H, [1.0, 1.0])).all()

@@ -34,6 +34,12 @@ from .._validation import as_tensor, check_choice
 from ..errors import NonFiniteError, ShapeError, SingularMatrixError
 from ._validation import as_square_kernel, as_targets, check_ridge, is_operator
 from .cg import conjugate_gradient
+from .conditioning import (
+    estimate_lambda_max,
+    estimate_lambda_min,
+    is_numerically_singular,
+    singular_threshold,
+)
 from .nystrom import default_centers, nystrom
 from .operator import KernelOperator
 from .preconditioner import NystromPreconditioner
@@ -155,6 +161,7 @@ def _cholesky(kernel: Any, Y: torch.Tensor, ridge: float, owned: bool) -> torch.
         K = kernel if owned else kernel.clone()
     n = K.shape[0]
     K.diagonal().add_(ridge)
+    lam_max = estimate_lambda_max(K)
     Kc = K.T  # symmetric, so this column-major view is the same matrix: LAPACK works in place
     info = torch.empty((), dtype=torch.int32, device=K.device)
     torch.linalg.cholesky_ex(Kc, upper=False, out=(Kc, info))
@@ -165,13 +172,14 @@ def _cholesky(kernel: Any, Y: torch.Tensor, ridge: float, owned: bool) -> torch.
             f"ridge={1e-8 * float(kernel.diag().mean() if is_operator(kernel) else 1.0):.1e}, or remove "
             "duplicated training points"
         )
-    pivots = Kc.diagonal()
-    if float((pivots * pivots).min()) <= n * torch.finfo(K.dtype).eps * float((pivots * pivots).max()):
-        # λ_min <= min L_ii²: the matrix is numerically singular (condition >= 1/(n·ε))
+    # ntkit's one singularity criterion (conditioning.py); λ_max is estimated before the
+    # in-place factorization overwrites K, λ_min from the factor
+    lam_min = estimate_lambda_min(Kc)
+    if is_numerically_singular(lam_min, lam_max, n, K.dtype):
         raise SingularMatrixError(
-            f"the kernel matrix{' + ridge·I' if ridge else ''} is numerically singular (smallest "
-            f"Cholesky pivot² {float((pivots * pivots).min()):.2e} vs largest "
-            f"{float((pivots * pivots).max()):.2e}); use ridge > 0 or remove duplicated points"
+            f"the kernel matrix{' + ridge·I' if ridge else ''} is numerically singular (λ_min ≈ "
+            f"{lam_min:.2e} <= {singular_threshold(n, K.dtype):.1e} · λ_max ≈ {lam_max:.2e}); use "
+            "ridge > 0 or remove duplicated points"
         )
     Z = torch.linalg.solve_triangular(Kc, Y, upper=False)
     alpha = torch.linalg.solve_triangular(Kc.T, Z, upper=True)

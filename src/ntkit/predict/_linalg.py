@@ -1,7 +1,8 @@
 """Dense symmetric solves and spectra for ntkit.predict / ntkit.bounds (private).
 
 * :func:`solve_psd` — ``(K + ridge·I)⁻¹ B`` by Cholesky (``torch.linalg.cholesky_ex``); a
-  failed factorization raises :class:`~ntkit.errors.SingularMatrixError` suggesting
+  failed factorization, or a numerically singular matrix by the one criterion of
+  :mod:`ntkit.linalg.conditioning`, raises :class:`~ntkit.errors.SingularMatrixError` suggesting
   ``ridge > 0`` or ``pinv=True``; a condition number above :func:`cond_threshold` gives an
   :class:`~ntkit.errors.IllConditionedWarning` that states the estimate. ``pinv=True`` uses
   the eigendecomposition and drops eigenvalues ``<= rcond · λ_max``.
@@ -17,6 +18,12 @@ import warnings
 import torch
 
 from ..errors import IllConditionedWarning, NonFiniteError, ParameterError, SingularMatrixError
+from ..linalg.conditioning import (
+    estimate_lambda_max,
+    estimate_lambda_min,
+    is_numerically_singular,
+    singular_threshold,
+)
 
 
 def cond_threshold(dtype: torch.dtype) -> float:
@@ -34,40 +41,13 @@ def _ridge_hint(A: torch.Tensor) -> str:
     return f"{max(scale, 1e-300) * 1e-8:.1e}"
 
 
-def _chol_solve(L: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
-    # two triangular solves: several times faster than torch.cholesky_solve on CPU
-    Z = torch.linalg.solve_triangular(L, B, upper=False)
-    return torch.linalg.solve_triangular(L.mT, Z, upper=True)
-
-
 def estimate_cond(A: torch.Tensor, L: torch.Tensor, iters: int = 5) -> float:
     """Estimate the 2-norm condition number of SPD ``A`` from its Cholesky factor ``L``.
 
-    Combines the pivots (``min L_ii² >= λ_min``, ``max A_ii <= λ_max``) with a few steps of
-    power / inverse iteration (``O(iters · N²)``). Every ingredient is a bound from the
-    correct side, so the result is a lower bound on the true condition number and in
-    practice within a small factor of it.
+    ``λ_max / λ_min`` from :mod:`ntkit.linalg.conditioning`:
+    a lower bound on the true condition number, in practice within a small factor of it.
     """
-    N = A.shape[0]
-    d = torch.diagonal(L)
-    lam_max = float(torch.diagonal(A).max())
-    lam_min = float((d * d).min())
-    if N == 1:
-        return 1.0
-    gen = torch.Generator(device="cpu").manual_seed(1234)
-    V = torch.randn(N, 2, generator=gen, dtype=torch.float64).to(A)
-    V[:, 0] = 1.0
-    V = V / V.norm(dim=0)
-    U = V.clone()
-    for _ in range(iters):
-        V = A @ V
-        V = V / V.norm(dim=0).clamp_min(1e-300)
-        U = _chol_solve(L, U)
-        U = U / U.norm(dim=0).clamp_min(1e-300)
-    lam_max = max(lam_max, float((V * (A @ V)).sum(0).max()))
-    inv_rq = float((U * _chol_solve(L, U)).sum(0).max())
-    if inv_rq > 0:
-        lam_min = min(lam_min, 1.0 / inv_rq)
+    lam_min, lam_max = estimate_lambda_min(L, iters), estimate_lambda_max(A, iters)
     if lam_min <= 0:
         return float("inf")
     return lam_max / lam_min
@@ -148,14 +128,23 @@ def solve_psd(
                 f"ridge > 0 (e.g. ridge={_ridge_hint(A)}) or pinv=True for the minimum-norm "
                 "(pseudo-inverse) solution; duplicated training points also cause this"
             )
+        lam_min, lam_max = estimate_lambda_min(L), estimate_lambda_max(A)
+        if is_numerically_singular(lam_min, lam_max, N, A.dtype):
+            raise SingularMatrixError(
+                f"{what} is numerically singular (λ_min ≈ {lam_min:.2e} <= "
+                f"{singular_threshold(N, A.dtype):.1e} · λ_max ≈ {lam_max:.2e}); a ridgeless solve "
+                f"needs an invertible kernel. Use ridge > 0 (e.g. ridge={_ridge_hint(A)}) or "
+                "pinv=True for the minimum-norm (pseudo-inverse) solution; duplicated training "
+                "points also cause this"
+            )
         _warn_cond(
-            estimate_cond(A, L),
+            lam_max / lam_min,
             A.dtype,
             what,
             "Use ridge > 0 or pinv=True, or remove (near-)duplicate training points.",
             stacklevel + 1,
         )
-        X = _chol_solve(L, B)
+        X = torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B, upper=False), upper=True)
     if not bool(torch.isfinite(X).all()):
         raise NonFiniteError(f"solving with {what} overflowed to NaN/Inf; use ridge > 0 or a larger rcond")
     return X
