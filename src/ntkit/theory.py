@@ -27,6 +27,7 @@ from torch import nn
 
 from ._validation import as_tensor, check_choice, check_positive_int, resolve_dtype
 from .errors import ParameterError, ShapeError
+from .infinite import stable
 from .infinite.activations import (
     ABReLU,
     ElementwiseLayer,
@@ -151,8 +152,8 @@ def _relu_lecture_form(gram: torch.Tensor, q11: torch.Tensor, q22: torch.Tensor)
     exact at ``ξ = 1`` (``arccos`` turns one rounding error in ``ξ`` into ``√ε``); a zero
     input gives 0.
     """
-    norms = torch.sqrt(q11 * q22)
-    theta = torch.atan2(torch.sqrt((q11 * q22 - gram * gram).clamp_min(0)), gram)
+    norms = stable.root_product(q11, q22)
+    theta = stable.angle(q11, q22, gram)  # no overflow of q11·q22 (ntkit.infinite.stable)
     xi = torch.cos(theta)
     return norms * (2 * xi * (math.pi - theta) + torch.sin(theta)) / (2 * math.pi)
 

@@ -12,8 +12,16 @@ Closed forms used:
 - Erf (Williams 1997): ``E[φφ] = (2/π) arcsin(2 q12 / √((1 + 2 q11)(1 + 2 q22)))`` and
   ``E[φ'φ'] = (4/π) / √((1 + 2 q11)(1 + 2 q22) − 4 q12²)``.
 
-``ρ`` is clamped to ``[−1, 1]`` (rounding can push it out); a zero-variance input (e.g.
-``x = 0`` with no bias) is taken as ``ρ = 0``, the continuous limit, so kernels stay finite.
+Both are evaluated in the stable forms of :mod:`ntkit.infinite.stable`: ``θ = atan2(√det, q12)``
+with ``det = q11 q22 − q12²`` formed without overflow or underflow (power-of-two scaling;
+float64 products for float32), and for Erf ``arcsin(·) = atan2(q12, √D)`` and
+``(1 + 2q11)(1 + 2q22) − 4q12² = 4D`` with ``D = det Σ + (q11 + q22)/2 + 1/4`` (no ``1 − arg²``).
+The relative error is then ``≲ ε/(1 − ρ²)`` (the conditioning of the determinant) at every
+variance the dtype represents, and a point with itself is exact.
+
+A zero-variance input (e.g. ``x = 0`` with no bias) is taken as ``ρ = 0``, the continuous
+limit, so kernels stay finite. A kernel that does not fit the dtype (e.g. an input variance
+that overflowed) raises :class:`~ntkit.errors.NonFiniteError` naming the fix, never NaN.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from torch import nn
 from .._validation import check_positive_int
 from ..errors import ParameterError
 from ..finite import Elementwise
+from . import stable
 from .layers import Layer, Shape, State, require_single
 from .quadrature import autograd_derivative, gaussian_expectation
 
@@ -50,12 +59,16 @@ class ElementwiseLayer(Layer):
     def apply_kernel(self, state: State) -> State:
         state = require_single(state, self)
         need_dot = state.ntk is not None
+        for var in (state.var1, state.var2):  # bounds every entry (Cauchy–Schwarz): cheap check
+            stable.check_finite(var, f"the pre-activation variance entering {self.name}")
         nngp, dot = self.expectations(state.q11(), state.q22(), state.nngp, need_dot)
         var1 = self.expectations(state.var1, state.var1, state.var1, False)[0]
         if state.var2 is state.var1:
             var2 = var1
         else:
             var2 = self.expectations(state.var2, state.var2, state.var2, False)[0]
+        for var in (var1, var2):
+            stable.check_finite(var, f"the variance after {self.name}")
         ntk = state.ntk * dot if need_dot else None
         return state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, fresh=False)
 
@@ -63,12 +76,6 @@ class ElementwiseLayer(Layer):
         self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype
     ) -> tuple[nn.Module, Shape]:
         return Elementwise(self.fn, self.name), in_shape
-
-
-def _inverse_sqrt(q: torch.Tensor) -> torch.Tensor:
-    """``1/√q`` with 0 where ``q <= 0`` (a zero variance gives ``ρ = 0``)."""
-    positive = q > 0
-    return torch.where(positive, torch.rsqrt(torch.where(positive, q, 1.0)), 0.0)
 
 
 class ABReLU(ElementwiseLayer):
@@ -94,12 +101,11 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
 
     ``θ = atan2(√det, q12)`` rather than ``arccos ρ``: on a point paired with itself
     ``det`` is exactly 0, so ``θ = 0`` exactly; ``arccos`` would turn one rounding error
-    in ``ρ`` into an error of ``√ε`` in the kernel.
+    in ``ρ`` into an error of ``√ε`` in the kernel. ``√det`` comes from
+    :func:`ntkit.infinite.stable.root_det` (no overflow/underflow of ``q11·q22`` in any dtype).
     """
-    root_det = (q11 * q22).sub_(q12 * q12).clamp_(min=0).sqrt_()
-    theta = torch.atan2(root_det, q12)
-    if not (bool((q11 > 0).all()) and bool((q22 > 0).all())):  # checked on the small vectors
-        theta = torch.where((q11 > 0) & (q22 > 0), theta, math.pi / 2)
+    root_det = stable.root_det(q11, q22, q12)
+    theta = stable.angle(q11, q22, q12, root_det)
     # dot = ((a² + b²)(π − θ) + 2abθ) / 2π, written as an affine map of θ.
     dot = theta.mul_(-((a - b) ** 2) / (2 * math.pi)).add_((a * a + b * b) / 2)
     nngp = q12 * dot
@@ -130,20 +136,20 @@ class _ArcCosine(torch.autograd.Function):
     def backward(ctx, g_nngp, g_dot):
         q11, q22, q12, dot, root_det = ctx.saved_tensors
         c = ctx.c
-        i1, i2 = _inverse_sqrt(q11), _inverse_sqrt(q22)
-        rho = q12 * i1 * i2
+        i1, i2 = stable.inverse_sqrt(q11), stable.inverse_sqrt(q22)
+        rho = (q12 * i1) * i2
         g11 = g22 = g12 = 0.0
         if g_nngp is not None:
             g12 = g_nngp * dot
-            g11 = g_nngp * (0.5 * c) * root_det * (i1 * i1)
-            g22 = g_nngp * (0.5 * c) * root_det * (i2 * i2)
+            g11 = g_nngp * (0.5 * c) * ((root_det * i1) * i1)
+            g22 = g_nngp * (0.5 * c) * ((root_det * i2) * i2)
         if g_dot is not None and c != 0:
             # √(1 − ρ²) = √det / √(q11 q22); treated as 0 below 1e-6 (see the docstring).
-            sin_theta = root_det * i1 * i2
+            sin_theta = (root_det * i1) * i2
             inside = sin_theta > 1e-6
             d_rho = torch.where(inside, c / torch.where(inside, sin_theta, 1.0), 0.0)
             g_rho = g_dot * d_rho
-            g12 = g12 + g_rho * i1 * i2
+            g12 = g12 + (g_rho * i1) * i2
             g11 = g11 - g_rho * rho * 0.5 * (i1 * i1)
             g22 = g22 - g_rho * rho * 0.5 * (i2 * i2)
 
@@ -198,13 +204,12 @@ class Erf(ElementwiseLayer):
         return torch.erf(x)
 
     def expectations(self, q11, q22, q12, need_dot):
-        inv = _inverse_sqrt(1 + 2 * q11) * _inverse_sqrt(1 + 2 * q22)
-        arg = (2 * q12 * inv).clamp_(-1.0, 1.0)
-        nngp = torch.arcsin(arg).mul_(2 / math.pi)
-        dot = None
-        if need_dot:
-            tiny = torch.finfo(arg.dtype).tiny
-            dot = inv.mul(4 / math.pi).div_(torch.sqrt((1 - arg * arg).clamp_(min=tiny)))
+        # With D = det(Σ + I/2) = det Σ + (q11 + q22)/2 + 1/4 (no cancellation; stable.root_det):
+        # 2q12/√((1 + 2q11)(1 + 2q22)) = q12/√(D + q12²), so arcsin(·) = atan2(q12, √D), and
+        # (1 + 2q11)(1 + 2q22) − 4q12² = 4D. Exact for a point with itself at any variance.
+        root = stable.root_det(q11, q22, q12, shift=0.5)
+        nngp = torch.atan2(q12, root) * (2 / math.pi)
+        dot = (2 / math.pi) / root if need_dot else None
         return nngp, dot
 
     def __repr__(self) -> str:

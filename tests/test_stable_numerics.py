@@ -1,0 +1,156 @@
+"""ntkit.infinite.stable: determinant, angle and complements at every representable scale.
+
+Reference: exact rational arithmetic (``fractions``) on the float inputs, so these tests do
+not depend on any floating-point path.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+
+import ntkit as nk
+from ntkit.infinite import stable
+
+EPS = {torch.float64: 2.0**-52, torch.float32: 2.0**-23}
+
+
+def _exact_det(a: float, b: float, c: float, shift: float = 0.0) -> Fraction:
+    fa, fb, fc, fs = Fraction(a), Fraction(b), Fraction(c), Fraction(shift)
+    return (fa + fs) * (fb + fs) - fc * fc
+
+
+def _sqrt(f: Fraction) -> float:
+    """√f of a non-negative rational of any size, to double precision."""
+    if f <= 0:
+        return 0.0
+    k = (f.numerator.bit_length() - f.denominator.bit_length()) // 2
+    return math.ldexp(math.sqrt(float(f / Fraction(4) ** k)), k)
+
+
+def _cases(dtype):
+    exps = range(-300, 301, 37) if dtype == torch.float64 else range(-36, 37, 6)
+    rhos = (-1.0, -0.999999, -0.3, 0.0, 0.5, 0.999999, 1.0)
+    for e1 in exps:
+        for e2 in (e1, e1 + 3, e1 - 2):
+            for rho in rhos:
+                q11 = 1.7 * 10.0**e1
+                q22 = 0.6 * 10.0**e2
+                t = torch.tensor([q11, q22], dtype=dtype)
+                a, b = float(t[0]), float(t[1])
+                if not (math.isfinite(a) and math.isfinite(b)) or a == 0 or b == 0:
+                    continue
+                c = float(torch.tensor(rho * math.sqrt(a) * math.sqrt(b), dtype=dtype))
+                yield a, b, c
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+def test_root_det_matches_exact_arithmetic_at_every_scale(dtype, shift):
+    cases = list(_cases(dtype))
+    q11 = torch.tensor([c[0] for c in cases], dtype=dtype)
+    q22 = torch.tensor([c[1] for c in cases], dtype=dtype)
+    q12 = torch.tensor([c[2] for c in cases], dtype=dtype)
+    got = stable.root_det(q11, q22, q12, shift=shift)
+    assert got.dtype == dtype and bool(torch.isfinite(got).all())
+    for k, (a, b, c) in enumerate(cases):
+        exact = _exact_det(a, b, c, shift)
+        want = _sqrt(exact)
+        # det is formed in float64 with error δ <= 3ε64 (q11 q22 + q12²) <= 6ε64 p11 p22 (backward
+        # stable); the root then errs by at most min(√δ, δ/(2√det)); plus rounding to dtype.
+        root_scale = _sqrt((Fraction(a) + Fraction(shift)) * (Fraction(b) + Fraction(shift)))
+        allowed = math.sqrt(6 * 2.0**-52) * root_scale
+        if want:
+            allowed = min(allowed, 3 * 2.0**-52 * root_scale * (root_scale / want))
+        allowed += 2 * EPS[dtype] * want + torch.finfo(dtype).smallest_normal * EPS[dtype]
+        g = float(got[k])
+        assert abs(g - want) <= allowed, (a, b, c, g, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_self_pairs_are_exact_at_every_scale(dtype):
+    top = 300 if dtype == torch.float64 else 37
+    q = torch.tensor([10.0**e for e in range(-top, top + 1, 7)], dtype=dtype)
+    q = q[q > 0]
+    assert bool((stable.root_det(q, q, q) == 0).all())
+    assert bool((stable.angle(q, q, q) == 0).all())
+    assert bool((stable.difference_variance(q, q, q) == 0).all())
+    assert bool((stable.sin_angle(q, q, q) == 0).all())
+    assert bool((stable.angle(q, q, -q) == math.pi).all())
+
+
+def test_correlation_and_complements_are_scale_free():
+    q11 = torch.tensor([1e-300, 1.0, 1e300], dtype=torch.float64)
+    q22 = torch.tensor([4e-300, 4.0, 4e300], dtype=torch.float64)
+    q12 = 0.6 * torch.sqrt(q11) * torch.sqrt(q22)
+    assert torch.allclose(stable.correlation(q11, q22, q12), torch.full((3,), 0.6, dtype=torch.float64))
+    assert torch.allclose(stable.sin_angle(q11, q22, q12), torch.full((3,), 0.8, dtype=torch.float64))
+    # E[(u - v)²] = q11 + q22 - 2 q12 = (1 + 4 - 2.4)·scale
+    dv = stable.difference_variance(q11, q22, q12) / q11
+    assert torch.allclose(dv, torch.full((3,), 2.6, dtype=torch.float64), rtol=1e-14)
+    assert torch.allclose(stable.sum_variance(q11, q22, q12) / q11,
+                          torch.full((3,), 7.4, dtype=torch.float64), rtol=1e-14)
+
+
+def test_difference_variance_is_backward_stable():
+    # E[(u - v)²] against exact rationals on PSD inputs, near copies included: error within a
+    # few ε of the scale q11 + q22 (the naive sum has the same bound only without the q12 > 0
+    # rewriting; the point here is that the rewriting loses nothing).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    size = 10.0 ** -torch.randint(0, 12, (40, 1), generator=g)
+    y = x + torch.randn(40, 3, generator=g, dtype=torch.float64) * size
+    q11, q22, q12 = (x * x).sum(1), (y * y).sum(1), (x * y).sum(1)
+    got = stable.difference_variance(q11, q22, q12)
+    for k in range(40):
+        a, b, c = (Fraction(float(t[k])) for t in (q11, q22, q12))
+        if a * b - c * c < 0:
+            continue  # rounding made this triple indefinite
+        want = float(a + b - 2 * c)
+        assert abs(float(got[k]) - want) <= 8 * 2.0**-52 * float(a + b), k
+
+
+def test_zero_variance_reads_as_uncorrelated():
+    q11 = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    q22 = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    q12 = torch.zeros(2, dtype=torch.float64)
+    assert torch.equal(stable.angle(q11, q22, q12), torch.full((2,), math.pi / 2, dtype=torch.float64))
+    assert torch.equal(stable.correlation(q11, q22, q12), torch.zeros(2, dtype=torch.float64))
+
+
+def test_root_det_gradient_is_finite_where_det_vanishes():
+    q = torch.tensor([2.0, 3.0], dtype=torch.float64, requires_grad=True)
+    stable.root_det(q, q, q).sum().backward()
+    assert bool(torch.isfinite(q.grad).all())
+
+
+def test_check_finite_names_the_fix():
+    stable.check_finite(torch.ones(3), "x")
+    with pytest.raises(nk.NtkitError, match="float64"):
+        stable.check_finite(torch.tensor([1.0, float("inf")]), "the kernel")
+
+
+def test_issue_examples_are_fixed():
+    x = torch.rand(4, 10, generator=torch.Generator().manual_seed(0))
+    arch = nk.serial(nk.Dense(1, W_std=1e10), nk.ReLU(), nk.Dense(1))
+    k32 = arch.kernel(x, dtype=torch.float32, get="ntk")
+    k64 = arch.kernel(x, get="ntk")
+    assert bool(torch.isfinite(k32).all())
+    assert torch.allclose(k32.double(), k64, rtol=1e-5)
+    e = torch.tensor([[1.0, 0.0]])
+    # Erf self kernel: ntk = q·(2/π)/√(q + 1/4) with q = W_std²/2 (fan_in 2), dot at u = v.
+    for w, dtype in ((1e4, torch.float32), (1e8, torch.float64)):
+        q = w * w / 2
+        want = q * (2 / math.pi) / math.sqrt(q + 0.25)
+        got = float(nk.serial(nk.Dense(1, W_std=w), nk.Erf()).kernel(e, dtype=dtype, get="ntk"))
+        assert abs(got - want) <= 1e-5 * want
+
+
+def test_overflowing_variance_raises_with_the_fix():
+    x = torch.ones(2, 3)
+    arch = nk.serial(nk.Dense(4, W_std=1e30), nk.ReLU(), nk.Dense(1))
+    with pytest.raises(nk.NtkitError, match="float64"):
+        arch.kernel(x, dtype=torch.float32)
