@@ -7,7 +7,7 @@ the matching finite network; the lecture's closed forms in ``nk.theory``.
 """
 
 from . import bounds, errors, predict, theory
-from .bounds import corrupt_labels
+from .data import corrupt_labels
 from .empirical import empirical_ntk
 from .errors import NtkitError
 from .infinite import (

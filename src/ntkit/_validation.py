@@ -7,6 +7,7 @@ ntkit errors that say what to change.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,7 @@ from .errors import DeviceError, NonFiniteError, ParameterError, ShapeError
 
 DEFAULT_DTYPE = torch.float64
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_WORK_DTYPES = (torch.float32, torch.float64)
 
 
 def resolve_dtype(dtype: Any) -> torch.dtype:
@@ -140,4 +142,30 @@ def check_choice(value: Any, name: str, choices: Sequence[str]) -> str:
     """Raise ParameterError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ParameterError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def work_dtype(dtype: Any) -> torch.dtype:
+    """Resolve ``dtype`` (``None`` means float64) and reject dtypes the solvers cannot use."""
+    dt = resolve_dtype(dtype)
+    if dt not in _WORK_DTYPES:
+        raise ParameterError(
+            f"dtype {dt} is not supported for kernel solves and spectra; use torch.float64 "
+            "(the default) or torch.float32"
+        )
+    return dt
+
+
+def check_scalar(value: Any, name: str, *, positive: bool = False) -> float:
+    """Return ``value`` as a float after checking it is a finite number >= 0 (or > 0)."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ParameterError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if math.isnan(value):
+        raise NonFiniteError(f"{name} is NaN; pass a finite number")
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ParameterError(f"{name} must be a finite number {bound}, got {value}")
     return value

@@ -9,7 +9,7 @@ overparameterized two-layer neural networks" (ICML):
   probability ``>= 1 − δ`` the population 0-1 loss (labels ``±1``, inputs of unit norm) is at
   most ``sqrt(2 yᵀ(H∞)⁻¹y / n) + O(sqrt(log(n / (λ0 δ)) / n))``, ``λ0 = λ_min(H∞)``, with
   Arora's first-layer Gram matrix ``H∞_ij = x_iᵀx_j (π − arccos x_iᵀx_j) / (2π)``
-  (:func:`arora_h_infinity`). The data-dependent term :func:`complexity` is small for
+  (:func:`ntkit.theory.arora_h_infinity`). The data-dependent term :func:`complexity` is small for
   labels the kernel finds "smooth" and large for random labels.
 
 The same quantities make sense for any kernel Gram matrix ``H`` (e.g. the full NTK): for a
@@ -31,18 +31,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import as_tensor, check_nonnegative
-from .errors import NonFiniteError, ParameterError, ShapeError, SingularMatrixError
+from ._validation import check_nonnegative, check_scalar, work_dtype
+from .data import corrupt_labels  # lives in ntkit.data; re-exported where it was first published
+from .errors import ParameterError, SingularMatrixError
 from .predict._common import (
     KernelData,
     Targets,
-    check_scalar,
     prepare_kernel,
     prepare_outputs,
     prepare_targets,
-    work_dtype,
 )
 from .predict._linalg import solve_psd
+from .theory import arora_h_infinity  # lives in ntkit.theory; re-exported
 
 __all__ = [
     "arora_h_infinity",
@@ -208,41 +208,6 @@ def generalization_bound(
     return comp + c * math.sqrt(math.log(ratio) / kd.n)
 
 
-def arora_h_infinity(x: Any, *, normalize: bool = False, dtype: Any = None) -> torch.Tensor:
-    r"""Arora et al. 2019's first-layer Gram matrix of a two-layer ReLU net.
-
-    ``H∞_ij = E_{w~N(0,I)}[x_iᵀx_j 1{wᵀx_i >= 0, wᵀx_j >= 0}]
-    = x_iᵀx_j (π − arccos x_iᵀx_j) / (2π)`` for unit-norm inputs (their eq. (3)); the
-    cosine ``x_iᵀx_j`` is clamped to ``[−1, 1]`` against round-off (DESIGN's documented clamp).
-
-    Args:
-        x: inputs ``(n, *in_shape)`` (flattened to ``(n, d)``), each of unit Euclidean norm
-            (checked to 1e-6 relative) unless ``normalize=True``, which divides each row by
-            its norm first.
-        normalize: normalize rows to unit norm.
-        dtype: computation dtype, default float64.
-
-    Returns:
-        ``(n, n)`` tensor on ``x``'s device.
-    """
-    X = as_tensor(x, "x", dtype=work_dtype(dtype), min_ndim=2)
-    X = X.reshape(X.shape[0], -1)
-    norms = X.norm(dim=1)
-    if normalize:
-        if bool((norms == 0).any()):
-            raise ParameterError("x has an all-zero row, which cannot be normalized to unit norm")
-        X = X / norms[:, None]
-    elif bool(((norms - 1).abs() > 1e-6).any()):
-        worst = float((norms - 1).abs().max())
-        raise ParameterError(
-            f"Arora's H∞ is defined for unit-norm inputs, but some rows have | ‖x‖ − 1 | = "
-            f"{worst:.3g}; pass normalize=True or normalize x yourself"
-        )
-    G = (X @ X.T).clamp(-1.0, 1.0)
-    G = 0.5 * (G + G.T)
-    return G * (math.pi - torch.arccos(G)) / (2.0 * math.pi)
-
-
 def _check_W(W: Any) -> float:
     check_nonnegative(W, "W")
     return float(W)
@@ -327,63 +292,3 @@ def rademacher_upper_bound(H: Any, W: float, *, kind: str = "max", dtype: Any = 
     if kind == "trace":
         return W * math.sqrt(float(diag.sum())) / kd.n
     raise ParameterError(f"kind must be 'max' or 'trace', got {kind!r}")
-
-
-def corrupt_labels(
-    y: Any,
-    fraction: float,
-    seed: int | np.random.Generator | None = 0,
-    *,
-    return_mask: bool = False,
-) -> Any:
-    """Replace a fraction of the labels by uniformly random labels (Zhang et al. 2017).
-
-    Exactly ``round(fraction · n)`` positions (half rounded up) are chosen uniformly without
-    replacement; each receives a label drawn uniformly from the classes present in ``y``
-    (``numpy.unique(y)``). A drawn label may equal the original one, so on average a fraction
-    ``fraction · (1 − 1/C)`` of the labels actually changes for ``C`` classes; ``fraction=1``
-    gives labels independent of the inputs. Works for ``±1`` labels, integer class labels,
-    or any finite numeric 1-D labels.
-
-    Args:
-        y: ``(n,)`` labels: NumPy array, list, or torch tensor.
-        fraction: in ``[0, 1]``.
-        seed: int, None, or ``numpy.random.Generator``; deterministic given an int.
-        return_mask: also return the boolean ``(n,)`` mask of the chosen positions.
-
-    Returns:
-        The corrupted copy, of ``y``'s kind (a tensor keeps dtype and device; anything else
-        becomes a NumPy array of ``y``'s dtype), and the mask if ``return_mask``.
-    """
-    is_tensor = isinstance(y, torch.Tensor)
-    arr = y.detach().cpu().numpy() if is_tensor else np.asarray(y)
-    if arr.ndim != 1:
-        raise ShapeError(
-            f"y must be 1-D labels (n,), got shape {arr.shape}; for one-hot targets pass y.argmax(1)"
-        )
-    if arr.size == 0:
-        raise ShapeError("y is empty")
-    if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)):
-        raise ShapeError(f"y must be numeric labels, got dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
-        raise NonFiniteError("y contains NaN or Inf")
-    fr = check_scalar(fraction, "fraction")
-    if fr > 1:
-        raise ParameterError(f"fraction must be in [0, 1], got {fr}")
-    classes = np.unique(arr)
-    if classes.size < 2:
-        raise ParameterError(f"y has a single class ({classes[0]!r}); corrupting labels needs at least two")
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    n = arr.size
-    k = math.floor(fr * n + 0.5)
-    idx = rng.choice(n, size=k, replace=False)
-    out = arr.copy()
-    out[idx] = classes[rng.integers(0, classes.size, size=k)]
-    mask = np.zeros(n, dtype=bool)
-    mask[idx] = True
-    if is_tensor:
-        result: Any = torch.as_tensor(out).to(device=y.device, dtype=y.dtype)
-        mask_out: Any = torch.as_tensor(mask, device=y.device)
-    else:
-        result, mask_out = out, mask
-    return (result, mask_out) if return_mask else result

@@ -1,4 +1,4 @@
-"""Data sets that ship inside installed packages — no network at run time.
+"""Data sets that ship inside installed packages — no network at run time — and label noise.
 
 :func:`load_dataset` returns ``(X, y)`` as NumPy arrays for a small set of named data sets:
 
@@ -31,17 +31,23 @@ Empty files, missing or non-numeric columns and missing values (NaN/Inf, empty c
 nothing is written to disk. Its own train/test split (4000/1000) is concatenated, train
 first. The generator reseeds Python's and NumPy's global random state; :func:`load_dataset`
 restores both afterwards, so loading the data has no side effect on the caller's RNG.
+
+:func:`corrupt_labels` replaces a fraction of the labels by random ones (Zhang et al. 2017).
 """
 
 from __future__ import annotations
 
+import math
 import random
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
-from .errors import DataError
+from ._validation import check_scalar
+from .errors import DataError, NonFiniteError, ParameterError, ShapeError
 
 #: Names accepted by :func:`load_dataset`.
 DATASETS = ("breast_cancer", "digits", "iris", "mnist", "mnist1d", "wine")
@@ -248,3 +254,63 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"{', ...' if bad.sum() > 5 else ''}); drop or fill them"
         )
     return np.ascontiguousarray(X), _typed_targets(yf)
+
+
+def corrupt_labels(
+    y: Any,
+    fraction: float,
+    seed: int | np.random.Generator | None = 0,
+    *,
+    return_mask: bool = False,
+) -> Any:
+    """Replace a fraction of the labels by uniformly random labels (Zhang et al. 2017).
+
+    Exactly ``round(fraction · n)`` positions (half rounded up) are chosen uniformly without
+    replacement; each receives a label drawn uniformly from the classes present in ``y``
+    (``numpy.unique(y)``). A drawn label may equal the original one, so on average a fraction
+    ``fraction · (1 − 1/C)`` of the labels actually changes for ``C`` classes; ``fraction=1``
+    gives labels independent of the inputs. Works for ``±1`` labels, integer class labels,
+    or any finite numeric 1-D labels.
+
+    Args:
+        y: ``(n,)`` labels: NumPy array, list, or torch tensor.
+        fraction: in ``[0, 1]``.
+        seed: int, None, or ``numpy.random.Generator``; deterministic given an int.
+        return_mask: also return the boolean ``(n,)`` mask of the chosen positions.
+
+    Returns:
+        The corrupted copy, of ``y``'s kind (a tensor keeps dtype and device; anything else
+        becomes a NumPy array of ``y``'s dtype), and the mask if ``return_mask``.
+    """
+    is_tensor = isinstance(y, torch.Tensor)
+    arr = y.detach().cpu().numpy() if is_tensor else np.asarray(y)
+    if arr.ndim != 1:
+        raise ShapeError(
+            f"y must be 1-D labels (n,), got shape {arr.shape}; for one-hot targets pass y.argmax(1)"
+        )
+    if arr.size == 0:
+        raise ShapeError("y is empty")
+    if not (np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)):
+        raise ShapeError(f"y must be numeric labels, got dtype {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise NonFiniteError("y contains NaN or Inf")
+    fr = check_scalar(fraction, "fraction")
+    if fr > 1:
+        raise ParameterError(f"fraction must be in [0, 1], got {fr}")
+    classes = np.unique(arr)
+    if classes.size < 2:
+        raise ParameterError(f"y has a single class ({classes[0]!r}); corrupting labels needs at least two")
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    n = arr.size
+    k = math.floor(fr * n + 0.5)
+    idx = rng.choice(n, size=k, replace=False)
+    out = arr.copy()
+    out[idx] = classes[rng.integers(0, classes.size, size=k)]
+    mask = np.zeros(n, dtype=bool)
+    mask[idx] = True
+    if is_tensor:
+        result: Any = torch.as_tensor(out).to(device=y.device, dtype=y.dtype)
+        mask_out: Any = torch.as_tensor(mask, device=y.device)
+    else:
+        result, mask_out = out, mask
+    return (result, mask_out) if return_mask else result

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import as_tensor, check_choice, check_positive_int, resolve_dtype
+from ._validation import as_tensor, check_choice, check_positive_int, resolve_dtype, work_dtype
 from .errors import ParameterError, ShapeError
 from .infinite import stable
 from .infinite.activations import (
@@ -250,3 +250,44 @@ def one_d_limit_kernel(
     x1 = _column(x1, "x1")
     x2 = x1 if x2 is None else _column(x2, "x2")
     return two_layer_ntk(x1, x2, activation, **kwargs)
+
+
+def arora_h_infinity(x: Any, *, normalize: bool = False, dtype: Any = None) -> torch.Tensor:
+    r"""Arora et al. 2019's first-layer Gram matrix of a two-layer ReLU net.
+
+    ``H∞_ij = E_{w~N(0,I)}[x_iᵀx_j 1{wᵀx_i >= 0, wᵀx_j >= 0}]
+    = x_iᵀx_j (π − θ_ij) / (2π)`` for unit-norm inputs (their eq. (3)), ``θ_ij = arccos x_iᵀx_j``
+    the angle between the inputs. As everywhere in ntkit the angle is evaluated as
+    ``atan2(√(‖x_i‖²‖x_j‖² − (x_iᵀx_j)²), x_iᵀx_j)`` (see :func:`_relu_lecture_form`): exact
+    at ``x_i = x_j``, where ``arccos`` of a cosine rounded above 1 would need a clamp and
+    turns one rounding error into ``√ε``.
+
+    Args:
+        x: inputs ``(n, *in_shape)`` (flattened to ``(n, d)``), each of unit Euclidean norm
+            (checked to 1e-6 relative) unless ``normalize=True``, which divides each row by
+            its norm first.
+        normalize: normalize rows to unit norm.
+        dtype: computation dtype, default float64.
+
+    Returns:
+        ``(n, n)`` tensor on ``x``'s device.
+    """
+    X = as_tensor(x, "x", dtype=work_dtype(dtype), min_ndim=2)
+    X = X.reshape(X.shape[0], -1)
+    norms = X.norm(dim=1)
+    if normalize:
+        if bool((norms == 0).any()):
+            raise ParameterError("x has an all-zero row, which cannot be normalized to unit norm")
+        X = X / norms[:, None]
+    elif bool(((norms - 1).abs() > 1e-6).any()):
+        worst = float((norms - 1).abs().max())
+        raise ParameterError(
+            f"Arora's H∞ is defined for unit-norm inputs, but some rows have | ‖x‖ − 1 | = "
+            f"{worst:.3g}; pass normalize=True or normalize x yourself"
+        )
+    G = X @ X.T
+    G = 0.5 * (G + G.T)
+    q = G.diagonal()
+    qq = q[:, None] * q[None, :]
+    theta = torch.atan2(torch.sqrt((qq - G * G).clamp_min(0)), G)
+    return G * (math.pi - theta) / (2.0 * math.pi)

@@ -34,7 +34,7 @@ from torch import nn
 
 from .._validation import check_positive_int
 from ..errors import ParameterError
-from ..finite import Elementwise
+from ..finite.activations import Elementwise
 from . import stable
 from .layers import Layer, Shape, State, require_single
 from .quadrature import autograd_derivative, gaussian_expectation

@@ -8,7 +8,7 @@ import torch
 
 from .._validation import check_nonnegative, check_positive_int
 from ..errors import ParameterError, ShapeError
-from ..finite import FanInConcatModule, FanInSumModule, FanOutModule, Parallel, Serial
+from ..finite.combinators import FanInConcatModule, FanInSumModule, FanOutModule, Parallel, Serial
 from .activations import activation_from_name
 from .dense import Dense
 from .layers import Layer, State, require_single

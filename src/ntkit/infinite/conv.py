@@ -4,7 +4,7 @@ A convolution with ``C_in`` input channels and window ``K`` (``|K|`` positions) 
 parameterization computes ``z_c(p) = (W_std/√(C_in·|K|)) Σ_{c', o} W_{c c' o} y_{c'}(s·p + o − left)
 + b_std·b_c`` with ``W, b ~ N(0, 1)`` (``fan_in = C_in·|K|``). Writing ``Σ_o K[p + o, p' + o]``
 for the window sum that shifts both positions of a pair by the same offset (zero-padded
-positions contribute 0; see :mod:`ntkit.infinite._spatial`), the kernels map as
+positions contribute 0; see :mod:`ntkit.spatial`), the kernels map as
 
 - full spatial layout: ``nngp'[p, p'] = (W_std²/|K|)·Σ_o nngp[s·p + o, s·p' + o] + b_std²``;
 - spatial-diagonal layout: ``nngp'[p] = (W_std²/|K|)·Σ_o nngp[s·p + o] + b_std²`` (only the
@@ -24,8 +24,9 @@ from torch import nn
 
 from .._validation import check_choice, check_nonnegative, check_positive_int
 from ..errors import ShapeError
-from ..finite_conv import NTKConv
-from ._spatial import PADDINGS, as_tuple, check_window, expand, geometry, window_sum
+from ..finite.conv import NTKConv
+from ..spatial import PADDINGS, as_tuple, check_window, expand, geometry
+from ._spatial import window_sum
 from .dense import PARAMETERIZATIONS
 from .layers import Layer, Shape, State, require_single
 from .state import KernelState
@@ -126,13 +127,13 @@ class Conv(Layer):
             from the inputs) or a tuple with one entry per spatial axis.
         stride: int or tuple, the step between windows.
         padding: ``"same"`` (zeros, output ``⌈n/stride⌉``), ``"valid"`` (no padding) or
-            ``"circular"`` (wrap-around); see :mod:`ntkit.infinite._spatial`.
+            ``"circular"`` (wrap-around); see :mod:`ntkit.spatial`.
         W_std, b_std: weight and bias scales (``b_std=None``: no bias); floats or 0-dim
             tensors (to differentiate kernels with respect to them).
         parameterization: ``"ntk"`` (default) or ``"standard"``, as for ``Dense``.
 
     Inputs are ``(n, C, L)`` or ``(n, C, H, W)`` (torch's NCHW). The kernels follow the
-    module docstring; :meth:`build_module` gives :class:`~ntkit.finite_conv.NTKConv`.
+    module docstring; :meth:`build_module` gives :class:`~ntkit.finite.conv.NTKConv`.
     """
 
     def __init__(

@@ -7,7 +7,7 @@ from torch import nn
 
 from .._validation import check_choice, check_nonnegative, check_positive_int
 from ..errors import ShapeError
-from ..finite import NTKDense
+from ..finite.dense import NTKDense
 from .layers import Layer, Shape, State, require_flat, require_single
 
 PARAMETERIZATIONS = ("ntk", "standard")

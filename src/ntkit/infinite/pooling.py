@@ -23,8 +23,9 @@ from torch import nn
 
 from .._validation import check_choice
 from ..errors import NtkitError, ShapeError
-from ..finite_conv import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
-from ._spatial import PADDINGS, as_tuple, check_window, geometry, window_sum
+from ..finite.pooling import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
+from ..spatial import PADDINGS, as_tuple, check_window, geometry
+from ._spatial import window_sum
 from .conv import resolve_window, spatial_rank_error
 from .layers import Layer, Shape, State, require_single
 from .state import KernelState

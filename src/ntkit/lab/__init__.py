@@ -29,8 +29,8 @@ Example:
 """
 
 from . import bound, lazy, random_labels, report, spectrum, width
-from .common import ExperimentResult, LabFigure, SummaryRow
 from .config import EXPERIMENT_NAMES, Sizes
+from .results import ExperimentResult, LabFigure, SummaryRow
 from .runner import LabResult, resolve_experiments, run, run_all
 
 __all__ = [

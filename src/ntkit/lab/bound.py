@@ -7,7 +7,7 @@ ReLU net trained by gradient descent, the population error is bounded by
 ``H∞_ij = x_iᵀx_j (π − arccos x_iᵀx_j)/(2π)`` (:func:`ntkit.bounds.arora_h_infinity`;
 unit-norm inputs, labels ``±1``) and ``λ0 = λ_min(H∞)``. The data-dependent term
 (:func:`ntkit.bounds.complexity`) grows as labels are corrupted, following the measured test
-error of the trained nets (:func:`ntkit.lab.common.corrupted_fit`, shared with
+error of the trained nets (:func:`ntkit.lab.corrupted.corrupted_fit`, shared with
 ``random-labels``), while ``λ_min`` — a property of the inputs only — does not change.
 
 Also recorded: the same complexity with the full two-layer NTK
@@ -23,16 +23,10 @@ import numpy as np
 
 from ..bounds import arora_h_infinity, complexity, generalization_bound, lambda_min
 from ..theory import two_layer_ntk
-from .common import (
-    Context,
-    ExperimentResult,
-    LabFigure,
-    SummaryRow,
-    corrupted_fit,
-    fmt,
-    new_figure,
-    r,
-)
+from .context import Context
+from .corrupted import corrupted_fit
+from .numbers import fmt, r
+from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
 
 TITLE = "Bound: sqrt(2yᵀH⁻¹y/n) separates true from random labels (Arora et al. 2019)"
 MIN_TRAIN = 20

@@ -27,23 +27,10 @@ import torch
 
 from ..predict import gradient_descent_mse, kernel_regression
 from ..theory import two_layer_finite_ntk, two_layer_ntk
-from .common import (
-    Context,
-    ExperimentResult,
-    LabFigure,
-    SummaryRow,
-    checkpoints,
-    error_rate,
-    flat_params,
-    fmt,
-    lecture_learning_rate,
-    lecture_net,
-    loglog_slope,
-    new_figure,
-    r,
-    rl,
-    train_mse,
-)
+from .context import Context
+from .numbers import checkpoints, error_rate, fmt, loglog_slope, r, rl
+from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
+from .training import flat_params, lecture_learning_rate, lecture_net, train_mse
 
 TITLE = "Lazy training: wide nets track their linearization"
 MIN_TRAIN = 20

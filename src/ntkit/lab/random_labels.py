@@ -8,14 +8,14 @@ the test error change.
 Here the lecture's two-layer ReLU net (width ``rl_width``) is trained by full-batch gradient
 descent with heavy-ball momentum (as Zhang et al. used SGD with momentum) on
 ``(1/2n)‖f − y‖²`` until the loss is below ``rl_threshold``, with its initial outputs
-subtracted (``f = h − h_0``, see :func:`ntkit.lab.common.corrupted_fit`), so that the
+subtracted (``f = h − h_0``, see :func:`ntkit.lab.corrupted.corrupted_fit`), so that the
 initial residual is the labels:
 
 - (a) the loss against steps for true labels, random labels (all re-drawn), shuffled pixels
   (one feature permutation for all examples), random pixels (a permutation per example) and
   Gaussian inputs (each feature drawn with the data's mean and standard deviation);
 - (b) the steps needed to fit against the fraction of labels re-drawn at random
-  (:func:`ntkit.lab.common.corrupted_labels`: nested sets; with two classes about half
+  (:func:`ntkit.lab.corrupted.corrupted_labels`: nested sets; with two classes about half
   of the re-drawn labels change);
 - (c) the test error on clean test labels against the same fraction.
 """
@@ -28,20 +28,11 @@ import numpy as np
 import torch
 
 from ..theory import two_layer_ntk
-from .common import (
-    Context,
-    ExperimentResult,
-    LabFigure,
-    SummaryRow,
-    corrupted_fit,
-    fmt,
-    lecture_net,
-    new_figure,
-    r,
-    rl,
-    steps_to_fit,
-    train_mse,
-)
+from .context import Context
+from .corrupted import corrupted_fit
+from .numbers import fmt, r, rl
+from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
+from .training import lecture_net, steps_to_fit, train_mse
 
 TITLE = "Random labels: fitting noise takes longer (Zhang et al. 2017)"
 MIN_TRAIN = 20

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from ..errors import DataError, ParameterError
-from .common import Context, ExperimentResult
 from .config import EXPERIMENT_NAMES, Sizes
+from .context import Context
 from .dataset import prepare
+from .results import ExperimentResult
 
 _MODULES = {
     "width": "width",
@@ -34,7 +35,7 @@ class LabResult:
     """The outcome of :func:`run`.
 
     Attributes:
-        experiments: one :class:`~ntkit.lab.common.ExperimentResult` per experiment, in order
+        experiments: one :class:`~ntkit.lab.results.ExperimentResult` per experiment, in order
             (``.metrics``, ``.figures`` with matplotlib figures and readings, ``.summary``).
         metrics: what ``metrics.json`` holds: ``{"data": ..., "seed": ..., "quick": ...,
             "experiments": [...], <name>: <that experiment's metrics>, ...}``.

@@ -25,20 +25,11 @@ import torch
 from ..linearize import linearize
 from ..predict import loss_curve
 from ..theory import two_layer_finite_ntk, two_layer_ntk
-from .common import (
-    Context,
-    ExperimentResult,
-    LabFigure,
-    SummaryRow,
-    corrupted_labels,
-    fmt,
-    lecture_learning_rate,
-    lecture_net,
-    new_figure,
-    r,
-    rl,
-    train_mse,
-)
+from .context import Context
+from .corrupted import corrupted_labels
+from .numbers import fmt, r, rl
+from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
+from .training import lecture_learning_rate, lecture_net, train_mse
 
 TITLE = "Spectrum: the NTK's eigenvalues predict the training curve (Arora et al. 2019)"
 MIN_TRAIN = 20

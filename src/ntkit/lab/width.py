@@ -25,19 +25,10 @@ import torch
 from ..empirical import empirical_ntk
 from ..infinite import mlp
 from ..theory import two_layer_finite_ntk, two_layer_ntk
-from .common import (
-    Context,
-    ExperimentResult,
-    LabFigure,
-    SummaryRow,
-    fmt,
-    lecture_net,
-    loglog_slope,
-    new_figure,
-    r,
-    rel,
-    rl,
-)
+from .context import Context
+from .numbers import fmt, loglog_slope, r, rel, rl
+from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
+from .training import lecture_net
 
 TITLE = "Width: the empirical NTK converges to its infinite-width limit"
 MIN_TRAIN = 10

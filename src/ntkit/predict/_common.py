@@ -21,21 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_tensor, resolve_dtype
+from .._validation import as_tensor
 from ..errors import NonFiniteError, ParameterError, ShapeError
-
-_WORK_DTYPES = (torch.float32, torch.float64)
-
-
-def work_dtype(dtype: Any) -> torch.dtype:
-    """Resolve ``dtype`` (``None`` means float64) and reject dtypes the solvers cannot use."""
-    dt = resolve_dtype(dtype)
-    if dt not in _WORK_DTYPES:
-        raise ParameterError(
-            f"dtype {dt} is not supported for kernel solves and spectra; use torch.float64 "
-            "(the default) or torch.float32"
-        )
-    return dt
 
 
 def source_eps(x: Any) -> float:
@@ -55,21 +42,6 @@ def source_eps(x: Any) -> float:
 def check_tol(x: Any, dtype: torch.dtype) -> float:
     """Relative tolerance for 'is this symmetric / PSD up to round-off': sqrt(eps)."""
     return math.sqrt(max(source_eps(x), torch.finfo(dtype).eps))
-
-
-def check_scalar(value: Any, name: str, *, positive: bool = False) -> float:
-    """Return ``value`` as a float after checking it is a finite number >= 0 (or > 0)."""
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise ParameterError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if math.isnan(value):
-        raise NonFiniteError(f"{name} is NaN; pass a finite number")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ParameterError(f"{name} must be a finite number {bound}, got {value}")
-    return value
 
 
 def symmetrize(K: torch.Tensor, name: str, tol: float) -> torch.Tensor:

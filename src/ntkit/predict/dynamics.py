@@ -35,18 +35,17 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._validation import check_scalar, work_dtype
 from ..errors import IllConditionedWarning, ParameterError
 from ._common import (
     KernelData,
     Targets,
-    check_scalar,
     prepare_cross,
     prepare_kernel,
     prepare_outputs,
     prepare_targets,
     prepare_times,
     to_caller,
-    work_dtype,
 )
 from ._linalg import cond_threshold, default_rcond, eigh_psd
 

@@ -33,17 +33,15 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .._validation import as_tensor
+from .._validation import as_tensor, check_scalar, work_dtype
 from ..errors import ParameterError, ShapeError
 from ._common import (
     KernelData,
-    check_scalar,
     prepare_cross,
     prepare_kernel,
     prepare_targets,
     symmetrize,
     to_caller,
-    work_dtype,
 )
 from ._linalg import solve_psd
 from .dynamics import GradientDescentMSE

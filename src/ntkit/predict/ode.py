@@ -22,15 +22,13 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from .._validation import as_tensor
+from .._validation import as_tensor, check_scalar, work_dtype
 from ..errors import NtkitError, ParameterError, ShapeError
 from ._common import (
     KernelData,
-    check_scalar,
     prepare_cross,
     prepare_kernel,
     prepare_times,
-    work_dtype,
 )
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

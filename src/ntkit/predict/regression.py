@@ -7,16 +7,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import check_choice
+from .._validation import check_choice, check_scalar, work_dtype
 from ..errors import ParameterError, ShapeError
 from ._common import (
-    check_scalar,
     prepare_cross,
     prepare_kernel,
     prepare_outputs,
     prepare_targets,
     to_caller,
-    work_dtype,
 )
 from ._linalg import eigh_psd, solve_psd
 

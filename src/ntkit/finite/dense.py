@@ -1,14 +1,8 @@
-"""Finite ``nn.Module`` building blocks that ``arch.build`` assembles.
-
-Each module matches one infinite-width layer in the same parameterization, so that the
-empirical kernels of the finite net converge to ``arch.kernel`` as the widths grow.
-Branches (after ``FanOut``) travel as tuples of tensors.
-"""
+"""The finite affine layer that :class:`ntkit.infinite.Dense` builds."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -60,60 +54,3 @@ class NTKDense(nn.Module):
             f"{self.in_features}, {self.out_features}, W_std={self.W_std}, b_std={self.b_std}, "
             f"parameterization={self.parameterization!r}"
         )
-
-
-class Elementwise(nn.Module):
-    """Applies an elementwise function (an activation) to a tensor."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], name: str) -> None:
-        super().__init__()
-        self.fn, self.name = fn, name
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x)
-
-    def extra_repr(self) -> str:
-        return self.name
-
-
-class Serial(nn.Sequential):
-    """Modules applied one after the other (branches pass through as tuples)."""
-
-
-class Parallel(nn.Module):
-    """Applies the i-th module to the i-th branch."""
-
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(modules)
-
-    def forward(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(m(x) for m, x in zip(self.branches, xs))
-
-
-class FanOutModule(nn.Module):
-    """Copies its input into ``n`` branches."""
-
-    def __init__(self, n: int) -> None:
-        super().__init__()
-        self.n = n
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (x,) * self.n
-
-
-class FanInSumModule(nn.Module):
-    """Sums the branches."""
-
-    def forward(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        out = xs[0]
-        for x in xs[1:]:
-            out = out + x
-        return out
-
-
-class FanInConcatModule(nn.Module):
-    """Concatenates the branches along the feature/channel axis (axis 1)."""
-
-    def forward(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return torch.cat(xs, dim=1)

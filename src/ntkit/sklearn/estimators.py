@@ -1,37 +1,4 @@
-r"""scikit-learn estimators and kernels built on the infinite-width NTK / NNGP.
-
-The architecture is a fully-connected network ``nk.mlp(depth, ...)`` in the NTK
-parameterization (DESIGN.md): ``depth`` Dense layers counting the readout, so ``depth=1`` is
-the linear kernel ``<x, x'>/d`` (+ ``b_std²``) and ``depth=3`` has two hidden layers. The
-widths do not matter: these are the infinite-width kernels.
-
-* :class:`NTKRegressor` — kernel regression on the NTK (or NNGP), i.e. the prediction of an
-  infinitely wide network trained by gradient flow on the MSE to time ``t``
-  (``t=None``: to convergence, :func:`ntkit.predict.kernel_regression`; finite ``t``:
-  :func:`ntkit.predict.gradient_descent_mse`). Multi-output targets are supported.
-* :class:`NTKClassifier` — the same regression on one-hot (0/1) targets, predicting the
-  class of the largest output.
-* Both take ``kernel="precomputed"`` (like ``SVC``): ``fit(k(X, X), y)``,
-  ``predict(k(X_test, X))`` — for any other ntkit kernel (convolutional, empirical).
-* :func:`ntk_kernel` — a picklable callable ``f(X, Y) -> ndarray`` for
-  ``sklearn.svm.SVC(kernel=ntk_kernel(depth=3))`` and other estimators taking a kernel
-  callable (the NTK-SVM of Arora et al. 2020).
-* :class:`NTK` — a :class:`sklearn.gaussian_process.kernels.Kernel` for
-  ``GaussianProcessRegressor``, with hyperparameters ``W_std`` and ``b_std`` optimized in
-  log-space; gradients come from torch autograd through the kernel recursion.
-
-Inputs are not standardized here (as with every scikit-learn kernel method): put a
-``StandardScaler`` in front, ``make_pipeline(StandardScaler(), NTKClassifier())``.
-The input kernel is ``<x, x'>/d``, so standardized features give ``k(x, x) ≈ 1`` at the
-input and the defaults ``W_std=√2`` (variance preserved by ReLU), ``b_std=0.1`` keep every
-layer at that scale.
-
-Example:
-    >>> from sklearn.pipeline import make_pipeline
-    >>> from sklearn.preprocessing import StandardScaler
-    >>> from ntkit.sklearn import NTKClassifier
-    >>> clf = make_pipeline(StandardScaler(), NTKClassifier(depth=3)).fit(X, y)
-"""
+"""scikit-learn estimators: :class:`NTKRegressor` and :class:`NTKClassifier` (see :mod:`ntkit.sklearn`)."""
 
 from __future__ import annotations
 
@@ -42,8 +9,6 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.gaussian_process.kernels import Hyperparameter
-from sklearn.gaussian_process.kernels import Kernel as _SKKernel
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
@@ -55,124 +20,16 @@ except ImportError:  # pragma: no cover - older scikit-learn
         return _estimator._validate_data(X, y, reset=reset, **kw)
 
 
-from ._validation import as_tensor, check_choice, check_nonnegative, check_positive_int
-from .errors import DataError, NonFiniteError, ParameterError, ShapeError
-from .infinite import ABReLU, Erf, Identity, Layer, mlp
-from .infinite.activations import activation_from_name
-from .linalg import KernelOperator, solve
-from .predict import gradient_descent_mse, kernel_regression
+from .._validation import check_choice, check_nonnegative
+from ..errors import DataError, ParameterError, ShapeError
+from ..linalg import KernelOperator, solve
+from ..predict import gradient_descent_mse, kernel_regression
+from .kernel_function import _KERNELS, _SQRT2, NTKKernelFunction, _as_matrix
 
-__all__ = ["NTK", "NTKClassifier", "NTKKernelFunction", "NTKRegressor", "ntk_kernel"]
-
-_KERNELS = ("ntk", "nngp")
 _SOLVERS = ("auto", "cholesky", "cg", "nystrom")
 _ITERATIVE = ("cg", "nystrom")
-_SQRT2 = math.sqrt(2.0)
-#: Activations whose kernel has a closed form (exact gradients in :class:`NTK`).
-_CLOSED_FORM = (ABReLU, Erf, Identity)
 
 
-def _architecture(depth: Any, activation: Any, W_std: Any, b_std: Any) -> Layer:
-    """``mlp(depth, 1, activation, W_std, b_std)``: widths are irrelevant at infinite width."""
-    return mlp(check_positive_int(depth, "depth"), 1, activation, W_std=W_std, b_std=b_std)
-
-
-def _check_arch_params(depth, activation, W_std, b_std, kernel) -> Layer:
-    """Validate the architecture parameters shared by every class here; return the arch."""
-    check_choice(kernel, "kernel", _KERNELS)
-    check_nonnegative(W_std, "W_std")
-    check_nonnegative(b_std, "b_std", allow_none=True)
-    return _architecture(depth, activation, W_std, b_std)
-
-
-def _as_matrix(X: Any, name: str) -> torch.Tensor:
-    """A float64 ``(n, d)`` tensor from an array-like (read-only arrays are copied first)."""
-    if not isinstance(X, torch.Tensor):
-        X = np.require(np.atleast_2d(np.asarray(X)), requirements="W")
-    return as_tensor(X, name, min_ndim=2, max_ndim=2)
-
-
-class NTKKernelFunction:
-    """The infinite-width NTK (or NNGP) of ``nk.mlp(depth, ...)`` as a kernel callable.
-
-    ``f(X, Y=None)`` returns the ``(n_X, n_Y)`` float64 NumPy kernel matrix (``Y=None``:
-    ``k(X, X)``), the signature scikit-learn estimators expect from a callable kernel, e.g.
-    ``SVC(kernel=ntk_kernel(depth=3))`` or ``KernelRidge(kernel=...)`` (which calls it
-    on pairs of rows — slower). Build it with :func:`ntk_kernel`. Picklable and
-    comparable (``==`` compares the parameters), so it works inside ``GridSearchCV``
-    grids: ``{"kernel": [ntk_kernel(depth=d) for d in range(1, 6)]}``.
-    """
-
-    def __init__(
-        self,
-        depth: int = 3,
-        activation: str = "relu",
-        W_std: float = _SQRT2,
-        b_std: float | None = 0.1,
-        kernel: str = "ntk",
-    ) -> None:
-        self.arch = _check_arch_params(depth, activation, W_std, b_std, kernel)
-        self.depth, self.activation, self.W_std, self.b_std = depth, activation, W_std, b_std
-        self.kernel = kernel
-
-    def _params(self) -> dict[str, Any]:
-        return {
-            "depth": self.depth,
-            "activation": self.activation,
-            "W_std": self.W_std,
-            "b_std": self.b_std,
-            "kernel": self.kernel,
-        }
-
-    def __call__(self, X: Any, Y: Any = None) -> np.ndarray | float:
-        """``k(X, Y)`` ``(n_X, n_Y)``; two single rows ``(d,)`` give a float (the pairwise
-        metric convention of ``sklearn.metrics.pairwise_kernels``, used by ``KernelRidge``)."""
-        x1 = _as_matrix(X, "X")
-        x2 = None if Y is None else _as_matrix(Y, "Y")
-        K = self.arch.kernel(x1, x2, get=self.kernel).numpy()
-        if Y is not None and np.ndim(X) == 1 and np.ndim(Y) == 1:
-            return float(K[0, 0])
-        return K
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other._params() == self._params()
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._params().items()))
-
-    def __repr__(self) -> str:
-        defaults = {"depth": 3, "activation": "relu", "W_std": _SQRT2, "b_std": 0.1, "kernel": "ntk"}
-        shown = {k: v for k, v in self._params().items() if k == "depth" or v != defaults[k]}
-        return "ntk_kernel(" + ", ".join(f"{k}={v!r}" for k, v in shown.items()) + ")"
-
-
-def ntk_kernel(
-    depth: int = 3,
-    activation: str = "relu",
-    W_std: float = _SQRT2,
-    b_std: float | None = 0.1,
-    kernel: str = "ntk",
-) -> NTKKernelFunction:
-    """A kernel callable ``f(X, Y) -> ndarray`` for ``SVC(kernel=...)``.
-
-    Args:
-        depth: number of Dense layers of ``nk.mlp`` including the readout (>= 1).
-        activation: activation name (``"relu"``, ``"erf"``, ``"abs"``, ``"tanh"``, ...).
-        W_std: weight standard deviation (NTK parameterization), >= 0.
-        b_std: bias standard deviation, or ``None`` for no bias.
-        kernel: ``"ntk"`` (trained network) or ``"nngp"`` (network at initialization,
-            readout-only training).
-
-    Returns:
-        An :class:`NTKKernelFunction`; ``f(X, Y)`` is ``(n_X, n_Y)`` float64.
-
-    Example:
-        >>> SVC(kernel=ntk_kernel(depth=4), C=10).fit(X, y)
-    """
-    return NTKKernelFunction(depth, activation, W_std, b_std, kernel)
-
-
-# ------------------------------------------------------------------------------- estimators
 class _NTKEstimator(BaseEstimator):
     """Shared fit/predict of :class:`NTKRegressor` and :class:`NTKClassifier`.
 
@@ -426,124 +283,3 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """``softmax(F / temperature)``, ``(m, C)``; rows sum to 1 (see the class docstring)."""
         return np.exp(self.predict_log_proba(X))
-
-
-# ------------------------------------------------------------------------------ GP kernel
-class NTK(_SKKernel):
-    """The infinite-width NTK (or NNGP) as a ``sklearn.gaussian_process`` kernel.
-
-    ``GaussianProcessRegressor(kernel=NTK(depth=3) + WhiteKernel())`` fits ``W_std`` and
-    ``b_std`` by maximizing the marginal likelihood. Like scikit-learn's own kernels the
-    hyperparameters are optimized in log-space (``theta = log([W_std, b_std])``) within
-    ``W_std_bounds`` / ``b_std_bounds`` (pass ``"fixed"`` to freeze one); ``b_std=None``
-    (no bias) is always fixed. The gradient ``∂K/∂log θ`` is computed by torch autograd
-    through the kernel recursion of ``nk.mlp`` (exact, not finite differences); it needs an
-    activation with a closed-form kernel: ReLU, leaky ReLU, abs, erf or identity.
-    Quadrature activations (tanh, GELU, ...) can be used with ``optimizer=None``.
-
-    Args:
-        depth: Dense layers of ``nk.mlp`` including the readout (>= 1).
-        activation: activation name.
-        W_std: weight standard deviation (> 0 here: the optimizer works with its log).
-        b_std: bias standard deviation (> 0), or ``None`` for no bias.
-        kernel: ``"ntk"`` (the NTK-GP mean of Lee et al. 2019 uses it) or ``"nngp"``
-            (the NNGP of Lee et al. 2018, an exact Bayesian prior).
-        W_std_bounds, b_std_bounds: ``(low, high)`` or ``"fixed"``.
-    """
-
-    def __init__(
-        self,
-        depth: int = 3,
-        activation: str = "relu",
-        W_std: float = _SQRT2,
-        b_std: float | None = 0.1,
-        kernel: str = "ntk",
-        W_std_bounds: Any = (1e-2, 1e2),
-        b_std_bounds: Any = (1e-3, 1e2),
-    ) -> None:
-        self.depth = depth
-        self.activation = activation
-        self.W_std = W_std
-        self.b_std = b_std
-        self.kernel = kernel
-        self.W_std_bounds = W_std_bounds
-        self.b_std_bounds = b_std_bounds
-
-    @property
-    def hyperparameter_W_std(self) -> Hyperparameter:
-        return Hyperparameter("W_std", "numeric", self.W_std_bounds)
-
-    @property
-    def hyperparameter_b_std(self) -> Hyperparameter:
-        return Hyperparameter("b_std", "numeric", "fixed" if self.b_std is None else self.b_std_bounds)
-
-    def _arch(self, W_std: Any = None, b_std: Any = None) -> Layer:
-        return _check_arch_params(
-            self.depth,
-            self.activation,
-            self.W_std if W_std is None else W_std,
-            self.b_std if b_std is None else b_std,
-            self.kernel,
-        )
-
-    def __call__(self, X: Any, Y: Any = None, eval_gradient: bool = False):
-        """``K(X, Y)`` ``(n_X, n_Y)``; with ``eval_gradient`` also ``∂K/∂theta`` ``(n, n, n_free)``.
-
-        ``eval_gradient=True`` needs ``Y=None`` (as for every scikit-learn kernel).
-        """
-        x1 = _as_matrix(X, "X")
-        if not eval_gradient:
-            x2 = None if Y is None else _as_matrix(Y, "Y")
-            return self._arch().kernel(x1, x2, get=self.kernel).numpy()
-        if Y is not None:
-            raise ValueError("Gradient can only be evaluated when Y is None.")
-        act = activation_from_name(self.activation)
-        if not isinstance(act, _CLOSED_FORM):
-            raise ParameterError(
-                f"NTK gradients need an activation with a closed-form kernel (relu, leaky_relu, "
-                f"abs, erf, identity), got {self.activation!r}; use one of those, or "
-                "GaussianProcessRegressor(optimizer=None) to keep W_std/b_std fixed"
-            )
-        free = [h.name for h in self.hyperparameters if not h.fixed]
-        leaves = {
-            name: torch.tensor(float(getattr(self, name)), dtype=torch.float64, requires_grad=True)
-            for name in free
-        }
-        with torch.enable_grad():
-            K = self._arch(leaves.get("W_std"), leaves.get("b_std")).kernel(x1, get=self.kernel)
-            grads = []
-            if free:
-                # Each entry of K depends on (W_std, b_std) only: the Jacobian columns
-                # ∂K/∂θ_i (n×n each) come from one reverse pass with a dummy cotangent u
-                # and one more pass differentiating ⟨u, ∂K/∂θ_i⟩ with respect to u.
-                u = torch.zeros_like(K, requires_grad=True)
-                first = torch.autograd.grad(
-                    K, [leaves[n] for n in free], grad_outputs=u, create_graph=True
-                )
-                for name, g in zip(free, first):
-                    (dK,) = torch.autograd.grad(g, u, retain_graph=True)
-                    grads.append(float(getattr(self, name)) * dK)  # chain rule for log θ
-        n = x1.shape[0]
-        grad = torch.stack(grads, dim=-1) if grads else K.new_zeros((n, n, 0))
-        if not bool(torch.isfinite(grad).all()):
-            raise NonFiniteError(
-                "the NTK gradient is not finite; check W_std/b_std are > 0 and X is finite"
-            )
-        return K.detach().numpy(), grad.detach().numpy()
-
-    def diag(self, X: Any) -> np.ndarray:
-        """``k(x_i, x_i)`` for every row, ``(n,)`` — without forming the matrix."""
-        x1 = _as_matrix(X, "X")
-        return self._arch().kernel(x1, get=self.kernel, diagonal=True).numpy()
-
-    def is_stationary(self) -> bool:
-        """``False``: the NTK depends on the norms of ``x`` and ``x'``, not only ``x − x'``."""
-        return False
-
-    def __repr__(self) -> str:
-        return (
-            f"NTK(depth={self.depth}, activation={self.activation!r}, W_std={self.W_std:.3g}, "
-            f"b_std={'None' if self.b_std is None else format(self.b_std, '.3g')}, "
-            f"kernel={self.kernel!r})"
-        )
-

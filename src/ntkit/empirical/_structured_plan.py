@@ -1,0 +1,234 @@
+"""Planning and verification of the structured path.
+
+:class:`StructuredPlan` maps each selected parameter to the supported layers that own it (one
+:class:`Term` per weight, lone bias or normalization scale), checks the decomposition against
+autograd on probe examples, and picks per weight term the Gram form or the per-layer
+Jacobian, whichever needs fewer flops (see :mod:`ntkit.empirical.structured`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import jvp
+
+from ._layer_adapters import Geometry, NotApplicableError, module_geometry
+from ._params import Problem
+from ._structured_features import term_features
+
+
+@dataclass
+class Term:
+    """One kernel summand: a weight (with its own layer's bias folded in), a lone bias, or
+    the per-channel scale of a normalization layer."""
+
+    kind: str  # "affine" | "weight" | "bias" | "scale"
+    names: tuple[str, ...]  # selected parameter names it covers: (weight[, bias]) or (bias,)
+    uses: list[tuple[int, int]]  # (module index, call index) of every use
+    form: str = "jac"  # "gram" | "jac" (weights); biases always "jac"
+    shape: dict = field(default_factory=dict)  # G, P, K, C after the probe
+
+
+def copy_terms(terms: list[Term]) -> list[Term]:
+    """Independent copies (``form`` and ``shape`` are set per call)."""
+    return [Term(t.kind, t.names, list(t.uses), t.form, dict(t.shape)) for t in terms]
+
+
+class StructuredPlan:
+    """The setup half of :class:`~ntkit.empirical.structured.StructuredMethod`.
+
+    Attributes set by a subclass before :meth:`_plan`: ``problem`` (:class:`Problem`) and the
+    empty lists ``modules``, ``module_names`` and ``geometries`` that :meth:`_plan` fills.
+    """
+
+    problem: Problem
+    modules: list[nn.Module]
+    module_names: list[str]
+    geometries: list[Geometry]
+    terms: list[Term]
+
+    def _plan(self) -> list[Term]:
+        """Map each selected parameter to the supported layers that own it."""
+        model, selected = self.problem.model, self.problem.selected
+        name_of = {id(p): k for k, p in model.named_parameters() if k in selected}
+        owners: dict[str, list[tuple[int, str]]] = {k: [] for k in selected}
+        index: dict[int, int] = {}
+        for mname, module in model.named_modules(remove_duplicate=False):
+            for attr, p in module._parameters.items():
+                if p is None or id(p) not in name_of:
+                    continue
+                geo = module_geometry(module)
+                if geo is None or attr not in ("weight", "bias"):
+                    raise NotApplicableError(
+                        f"parameter {name_of[id(p)]!r} belongs to {type(module).__name__} "
+                        f"{mname!r}; the structured path supports nn.Linear, nn.Conv1d/2d/3d, "
+                        "ntkit's Dense/Conv layers and the affine parameters of BatchNorm (eval), "
+                        "LayerNorm and GroupNorm"
+                    )
+                if id(module) not in index:
+                    index[id(module)] = len(self.modules)
+                    self.modules.append(module)
+                    self.module_names.append(mname)
+                    self.geometries.append(geo)
+                entry = (index[id(module)], attr)
+                if entry not in owners[name_of[id(p)]]:
+                    owners[name_of[id(p)]].append(entry)
+        terms: list[Term] = []
+        merged: set[str] = set()
+        for name, own in owners.items():
+            if not own or own[0][1] != "weight" or any(a != "weight" for _, a in own):
+                continue
+            mods = sorted({m for m, _ in own})
+            norms = [self.geometries[m].kind == "norm" for m in mods]
+            if any(norms):
+                if not all(norms):
+                    raise NotApplicableError(f"parameter {name!r} is shared by different layer types")
+                terms.append(Term("scale", (name,), [(m, -1) for m in mods]))
+                continue
+            bias = getattr(self.modules[mods[0]], "bias", None)
+            bias_name = name_of.get(id(bias)) if bias is not None else None
+            if len(mods) == 1 and bias_name is not None and owners[bias_name] == [(mods[0], "bias")]:
+                terms.append(Term("affine", (name, bias_name), [(mods[0], -1)]))
+                merged.add(bias_name)
+            else:
+                terms.append(Term("weight", (name,), [(m, -1) for m in mods]))
+        for name, own in owners.items():
+            if name in merged or any(t.names[0] == name for t in terms):
+                continue
+            if any(a != "bias" for _, a in own):
+                raise NotApplicableError(f"parameter {name!r} is both a weight and a bias")
+            terms.append(Term("bias", (name,), [(m, -1) for m, _ in own]))
+        return terms
+
+    def _forward(self, x: torch.Tensor, selected: dict) -> tuple[torch.Tensor, list, list]:
+        """Run the model with hooks: returns ``(outputs (b, o), inputs, probes)`` where
+        ``inputs[m]``/``probes[m]`` list each call of module ``m``."""
+        inputs: list[list[torch.Tensor]] = [[] for _ in self.modules]
+        probes: list[list[torch.Tensor]] = [[] for _ in self.modules]
+        handles = []
+        for i, module in enumerate(self.modules):
+            def hook(mod, args, out, i=i):
+                if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
+                    raise NotApplicableError(
+                        f"layer {type(mod).__name__} was called without one tensor input"
+                    )
+                inputs[i].append(args[0].detach().clone())
+                delta = torch.zeros_like(out, requires_grad=True)
+                probes[i].append(delta)
+                return out + delta
+            handles.append(module.register_forward_hook(hook))
+        try:
+            with torch.enable_grad():
+                out = self.problem.f(selected, x)
+        finally:
+            for h in handles:
+                h.remove()
+        return out, inputs, probes
+
+    def _verify(self, x: torch.Tensor) -> list[int]:
+        """Check the decomposition against autograd on the probe examples; return call counts.
+
+        With ``u`` a random combination of the first example's outputs, one backward pass
+        gives the layers' cotangents: those of the other examples must vanish (each layer
+        treats examples independently, batch axis first). Then the derivative of ``u·f``
+        along a random direction ``V`` of the selected parameters (rank one per weight,
+        ``V_W = r sᵀ``) is computed twice: by forward mode (``torch.func.jvp``) through the
+        model, and from the first example's captured layer inputs and cotangents as
+        ``Σ_p (rᵀ g_p)(sᵀ ã_p)``. A parameter used outside its layers, or a layer computing
+        something else than modelled, makes them differ (with probability one).
+        """
+        problem = self.problem
+        out, inputs, probes = self._forward(x, problem.selected)
+        calls = [len(c) for c in inputs]
+        for term in self.terms:
+            term.uses = [(m, c) for m, _ in term.uses for c in range(calls[m])]
+            if not term.uses:
+                raise NotApplicableError(f"the layer holding {term.names[0]!r} is never called")
+        b = x.shape[0]
+        for per in inputs:
+            for t in per:
+                if t.ndim < 2 or t.shape[0] != b:
+                    raise NotApplicableError("a layer receives inputs whose first axis is not the batch")
+        flat = [d for per in probes for d in per]
+        gen = torch.Generator(device="cpu").manual_seed(0)
+
+        def draw(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen, dtype=out.dtype).to(out.device)
+
+        weights = torch.zeros(b, problem.n_out, dtype=out.dtype, device=out.device)
+        weights[0] = draw(problem.n_out).abs() + 0.5
+        grads = torch.autograd.grad((out * weights).sum(), flat, allow_unused=True)
+        cot = iter(grads)
+        per_call = [[next(cot) for _ in per] for per in probes]
+        tol = 10 * math.sqrt(torch.finfo(out.dtype).eps)
+        for per, dl in zip(per_call, probes):
+            for i, (g, d) in enumerate(zip(per, dl)):
+                if g is None:
+                    per[i] = torch.zeros_like(d)[None]
+                    continue
+                if b > 1 and float(g[1:].abs().max()) > tol * float(g.abs().max()):
+                    raise NotApplicableError(
+                        "a layer's output for one example depends on other examples"
+                    )
+                per[i] = g[None]
+        # random directions: rank one for weights, plain vectors for biases and scales
+        tangents: dict[str, torch.Tensor] = {}
+        rebuilt, scale = 0.0, 0.0
+        for term in self.terms:
+            if term.kind in ("bias", "scale"):
+                jac = term_features(self.geometries, term, inputs, per_call, "jac", keep=0).reshape(-1)
+                name = term.names[0]
+                if jac.numel() != problem.selected[name].numel():
+                    raise NotApplicableError(f"parameter {name!r} does not fit its layer's shape")
+                v = draw(jac.numel())
+                tangents[name] = v.reshape(problem.selected[name].shape)
+                part = float(jac @ v)
+            else:
+                a, g = term_features(self.geometries, term, inputs, per_call, "gram", keep=0)
+                a, g = a[0], g[0, 0]  # (G, P, K), (G, C, P)
+                G, _, K = a.shape
+                C = g.shape[1]
+                k_w = K - 1 if term.kind == "affine" else K
+                weight = problem.selected[term.names[0]]
+                if weight.numel() != G * C * k_w:
+                    raise NotApplicableError(f"parameter {term.names[0]!r} does not fit its layer's shape")
+                r, s_vec = draw(G, C), draw(k_w)
+                tangents[term.names[0]] = (r.reshape(-1, 1) * s_vec).reshape(weight.shape)
+                left = torch.einsum("gcp,gc->gp", g, r)
+                part = float((left * (a[:, :, :k_w] @ s_vec)).sum())
+                if term.kind == "affine":
+                    r_b = draw(G, C)
+                    tangents[term.names[1]] = r_b.reshape(problem.selected[term.names[1]].shape)
+                    part += float((torch.einsum("gcp,gc->gp", g, r_b) * a[:, :, k_w]).sum())
+            rebuilt += part
+            scale += abs(part)
+        names = list(problem.selected)
+
+        def combined(*w: torch.Tensor) -> torch.Tensor:
+            return (problem.f(dict(zip(names, w)), x) * weights).sum()
+
+        _, true = jvp(combined, tuple(problem.selected.values()), tuple(tangents[k] for k in names))
+        true = float(true)
+        if abs(rebuilt - true) > tol * (scale + abs(true)) + torch.finfo(out.dtype).tiny:
+            raise NotApplicableError(
+                "the gradients of the selected parameters are not explained by their layers' "
+                "inputs and outputs (a parameter used outside its module's forward?)"
+            )
+        return calls
+
+    def _choose_forms(self, n1: int, n2: int, output: str) -> None:
+        """Per weight term: Gram form or per-layer Jacobian, whichever needs fewer flops."""
+        o = self.problem.n_out
+        o_pair = o * o if output == "full" else o
+        pairs, examples = n1 * n2, n1 + n2
+        for term in self.terms:
+            if term.kind in ("bias", "scale"):
+                continue
+            s = term.shape
+            G, P, K, C = s["G"], s["P"], s["K"], s["C"]
+            gram = pairs * G * P * P * (2 * K + 2 * o_pair * C + 2 * o_pair)
+            jac = examples * 2 * o * G * C * P * K + pairs * 2 * o_pair * G * C * K
+            term.form = "gram" if gram <= jac else "jac"
