@@ -258,7 +258,7 @@ def arora_h_infinity(x: Any, *, normalize: bool = False, dtype: Any = None) -> t
     ``H∞_ij = E_{w~N(0,I)}[x_iᵀx_j 1{wᵀx_i >= 0, wᵀx_j >= 0}]
     = x_iᵀx_j (π − θ_ij) / (2π)`` for unit-norm inputs (their eq. (3)), ``θ_ij = arccos x_iᵀx_j``
     the angle between the inputs. As everywhere in ntkit the angle is evaluated as
-    ``atan2(√(‖x_i‖²‖x_j‖² − (x_iᵀx_j)²), x_iᵀx_j)`` (see :func:`_relu_lecture_form`): exact
+    ``atan2(√(‖x_i‖²‖x_j‖² − (x_iᵀx_j)²), x_iᵀx_j)`` (:func:`ntkit.infinite.stable.angle`): exact
     at ``x_i = x_j``, where ``arccos`` of a cosine rounded above 1 would need a clamp and
     turns one rounding error into ``√ε``.
 
@@ -288,6 +288,5 @@ def arora_h_infinity(x: Any, *, normalize: bool = False, dtype: Any = None) -> t
     G = X @ X.T
     G = 0.5 * (G + G.T)
     q = G.diagonal()
-    qq = q[:, None] * q[None, :]
-    theta = torch.atan2(torch.sqrt((qq - G * G).clamp_min(0)), G)
+    theta = stable.angle(q[:, None], q[None, :], G)  # atan2(√(q_i q_j − G²), G), exact at i = j
     return G * (math.pi - theta) / (2.0 * math.pi)
