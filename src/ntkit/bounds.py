@@ -31,17 +31,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._validation import check_nonnegative, check_scalar, work_dtype
-from .data import corrupt_labels  # lives in ntkit.data; re-exported where it was first published
-from .errors import ParameterError, SingularMatrixError
-from .predict._common import (
+from ._kernel_inputs import (
     KernelData,
     Targets,
     prepare_kernel,
     prepare_outputs,
     prepare_targets,
 )
-from .predict._linalg import solve_psd
+from ._validation import check_nonnegative, check_scalar, work_dtype
+from .data import corrupt_labels  # lives in ntkit.data; re-exported where it was first published
+from .errors import ParameterError, SingularMatrixError
+from .linalg import solve_psd
 from .theory import arora_h_infinity  # lives in ntkit.theory; re-exported
 
 __all__ = [

@@ -3,6 +3,8 @@
 - :class:`KernelOperator` — ``op @ v`` tile by tile under a memory budget (never the
   ``n × n`` matrix), ``op.diag()``, ``op.to_dense()`` (refused past the budget), any
   architecture; ``backend="dask"`` computes the tiles on a ``dask.distributed`` cluster.
+- :func:`solve_psd` — the one dense solve of ntkit (Cholesky, one singularity criterion,
+  condition warning, ridge, pseudo-inverse, float64 accumulation), :func:`eigh_psd`;
 - :func:`solve` — ``(K + ridge·I) α = y`` by ``"cholesky"``, ``"cg"`` or ``"nystrom"``
   (``"auto"`` chooses by size and memory); :func:`predict` — ``k(x_test, X) α``.
 - :func:`conjugate_gradient` with a preconditioner hook (:class:`NystromPreconditioner`),
@@ -13,6 +15,7 @@ from ._errors import ClusterError, ConvergenceWarning
 from .budget import DEFAULT_MEMORY_BUDGET, parse_bytes
 from .cg import CGResult, conjugate_gradient
 from .dask_backend import close_default_cluster, get_client
+from .dense import cond_threshold, default_rcond, eigh_psd, estimate_cond, solve_psd
 from .nystrom import NystromSolution, nystrom
 from .operator import KernelOperator
 from .preconditioner import NystromPreconditioner
@@ -30,10 +33,15 @@ __all__ = [
     "SolveInfo",
     "choose_solver",
     "close_default_cluster",
+    "cond_threshold",
     "conjugate_gradient",
+    "default_rcond",
+    "eigh_psd",
+    "estimate_cond",
     "get_client",
     "nystrom",
     "parse_bytes",
     "predict",
     "solve",
+    "solve_psd",
 ]

@@ -45,15 +45,26 @@ def as_square_kernel(kernel: Any, name: str = "kernel") -> Any:
     K = as_tensor(kernel, name, dtype=dtype, min_ndim=2, max_ndim=2)
     if K.shape[0] != K.shape[1]:
         raise ShapeError(f"{name} must be a square (n, n) matrix, got shape {tuple(K.shape)}")
-    scale = float(K.abs().max())
+    scale, asym = _scale_and_asymmetry(K)
     if scale > 0:
-        asym = float((K - K.T).abs().max())
         if asym > math.sqrt(torch.finfo(K.dtype).eps) * scale:
             raise ParameterError(
                 f"{name} is not symmetric (max |K − Kᵀ| = {asym:.3g}, max |K| = {scale:.3g}); "
                 "pass a kernel matrix k(X, X)"
             )
     return K
+
+
+def _scale_and_asymmetry(K: torch.Tensor, chunk_elements: int = 1 << 20) -> tuple[float, float]:
+    """``max |K|`` and ``max |K − Kᵀ|`` by blocks of rows: no ``n × n`` temporary."""
+    n = K.shape[0]
+    rows = max(1, chunk_elements // max(n, 1))
+    scale = asym = 0.0
+    for i in range(0, n, rows):
+        block = K[i : i + rows]
+        scale = max(scale, float(block.abs().max()))
+        asym = max(asym, float((block - K[:, i : i + rows].T).abs().max()))
+    return scale, asym
 
 
 def as_targets(y: Any, n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, bool]:

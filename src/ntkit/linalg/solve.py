@@ -31,15 +31,10 @@ from typing import Any
 import torch
 
 from .._validation import as_tensor, check_choice
-from ..errors import NonFiniteError, ShapeError, SingularMatrixError
+from ..errors import ShapeError
 from ._validation import as_square_kernel, as_targets, check_ridge, is_operator
 from .cg import conjugate_gradient
-from .conditioning import (
-    estimate_lambda_max,
-    estimate_lambda_min,
-    is_numerically_singular,
-    singular_threshold,
-)
+from .dense import solve_psd
 from .nystrom import default_centers, nystrom
 from .operator import KernelOperator
 from .preconditioner import NystromPreconditioner
@@ -95,6 +90,7 @@ def solve(
     seed: int = 0,
     progress: bool | None = None,
     return_info: bool = False,
+    overwrite: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SolveInfo]:
     """Solve ``(K + ridge·I) α = y`` for the training kernel ``K``.
 
@@ -115,6 +111,8 @@ def solve(
         seed: seed of the Nyström centres / preconditioner columns.
         progress: progress bars (``None``: only on a terminal).
         return_info: also return a :class:`SolveInfo`.
+        overwrite: ``"cholesky"`` on a dense float tensor: it may be overwritten by its factor
+            (saves the one ``n × n`` copy; the caller must not use it afterwards).
 
     Returns:
         ``α`` shaped like ``y`` (float64, or float32 for a float32 operator/matrix): the
@@ -131,7 +129,7 @@ def solve(
     given = kernel
     kernel = as_square_kernel(kernel)
     # a matrix converted from NumPy (or another dtype) is ours to overwrite; the caller's is not
-    owned = not isinstance(given, torch.Tensor) or kernel.data_ptr() != given.data_ptr()
+    owned = overwrite or not isinstance(given, torch.Tensor) or kernel.data_ptr() != given.data_ptr()
     n = kernel.shape[0]
     dtype = kernel.dtype
     device = kernel.device
@@ -154,38 +152,12 @@ def solve(
 
 
 def _cholesky(kernel: Any, Y: torch.Tensor, ridge: float, owned: bool) -> torch.Tensor:
-    """Cholesky in place on a column-major view (no second ``n²`` buffer)."""
-    if is_operator(kernel):
-        K = kernel.to_dense()
-    else:
-        K = kernel if owned else kernel.clone()
-    n = K.shape[0]
-    K.diagonal().add_(ridge)
-    lam_max = estimate_lambda_max(K)
-    Kc = K.T  # symmetric, so this column-major view is the same matrix: LAPACK works in place
-    info = torch.empty((), dtype=torch.int32, device=K.device)
-    torch.linalg.cholesky_ex(Kc, upper=False, out=(Kc, info))
-    if int(info) != 0:
-        raise SingularMatrixError(
-            f"the kernel matrix{' + ridge·I' if ridge else ''} is singular or not positive definite "
-            f"(Cholesky failed at pivot {int(info)} of {n}); use ridge > 0, e.g. "
-            f"ridge={1e-8 * float(kernel.diag().mean() if is_operator(kernel) else 1.0):.1e}, or remove "
-            "duplicated training points"
-        )
-    # ntkit's one singularity criterion (conditioning.py); λ_max is estimated before the
-    # in-place factorization overwrites K, λ_min from the factor
-    lam_min = estimate_lambda_min(Kc)
-    if is_numerically_singular(lam_min, lam_max, n, K.dtype):
-        raise SingularMatrixError(
-            f"the kernel matrix{' + ridge·I' if ridge else ''} is numerically singular (λ_min ≈ "
-            f"{lam_min:.2e} <= {singular_threshold(n, K.dtype):.1e} · λ_max ≈ {lam_max:.2e}); use "
-            "ridge > 0 or remove duplicated points"
-        )
-    Z = torch.linalg.solve_triangular(Kc, Y, upper=False)
-    alpha = torch.linalg.solve_triangular(Kc.T, Z, upper=True)
-    if not bool(torch.isfinite(alpha).all()):
-        raise NonFiniteError("the Cholesky solve overflowed to NaN/Inf; use ridge > 0")
-    return alpha
+    """The dense solve (:func:`~ntkit.linalg.dense.solve_psd`), in place when the matrix is ours."""
+    K = kernel.to_dense() if is_operator(kernel) else kernel
+    return solve_psd(
+        K, Y, ridge=ridge, overwrite=owned or is_operator(kernel),
+        what="the kernel matrix" + (" + ridge·I" if ridge else ""), stacklevel=3,
+    )
 
 
 def _cg(kernel, Y, ridge, tol, maxiter, preconditioner, seed, progress) -> tuple[torch.Tensor, SolveInfo]:

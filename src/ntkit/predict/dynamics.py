@@ -35,9 +35,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .._validation import check_scalar, work_dtype
-from ..errors import IllConditionedWarning, ParameterError
-from ._common import (
+from .._kernel_inputs import (
     KernelData,
     Targets,
     prepare_cross,
@@ -47,7 +45,9 @@ from ._common import (
     prepare_times,
     to_caller,
 )
-from ._linalg import cond_threshold, default_rcond, eigh_psd
+from .._validation import check_scalar, work_dtype
+from ..errors import IllConditionedWarning, ParameterError
+from ..linalg import cond_threshold, default_rcond, eigh_psd
 
 
 class _Coefficients(NamedTuple):
@@ -227,6 +227,31 @@ class GradientDescentMSE:
         KV = kt @ self.eigenvectors  # (M, N)
         F = ft0 + KV @ (co.g[:, :, None] * C[None])
         out = to_caller(F, tg, m)
+        return out[0] if scalar else out
+
+    def dual_coefficients(self, k: Any, fx_train_0: Any | None = None) -> torch.Tensor:
+        """Coefficients ``α_k`` with ``f_k(x) = f_0(x) + k(x, X) α_k`` at every test point.
+
+        ``α = V g(Λ) Vᵀ (y − f_0(X))`` with the spectral factor ``g`` of the module
+        docstring (``(1 − e^{−μt/n})/μ`` for gradient flow, ``μ = λ + ridge``), so that
+        :meth:`test` is ``fx_test_0 + k_test_train @ α`` — without a test kernel.
+
+        Args:
+            k: scalar or 1-D sequence of ``T`` times (flow) or integer step counts (GD).
+            fx_train_0: outputs at initialization on ``X``, shape of ``y_train``; None → 0.
+
+        Returns:
+            ``(n,) + y.shape[1:]`` (a 4-D kernel: ``(n, o)``, indexed like ``y``), or
+            ``(T, n) + y.shape[1:]`` for a sequence.
+        """
+        kd, tg = self._kd, self._tg
+        f0 = None if fx_train_0 is None else prepare_outputs(fx_train_0, tg, kd.n, "fx_train_0", kd)
+        co, scalar, has_inf = self._coefficients(k)
+        if has_inf:
+            self._warn_inf()
+        C = self._projections(f0)
+        A = self.eigenvectors @ (co.g[:, :, None] * C[None])
+        out = to_caller(A, tg, kd.n)
         return out[0] if scalar else out
 
     def loss(self, k: Any, fx_train_0: Any | None = None) -> torch.Tensor:

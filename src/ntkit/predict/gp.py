@@ -33,9 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .._validation import as_tensor, check_scalar, work_dtype
-from ..errors import ParameterError, ShapeError
-from ._common import (
+from .._kernel_inputs import (
     KernelData,
     prepare_cross,
     prepare_kernel,
@@ -43,7 +41,9 @@ from ._common import (
     symmetrize,
     to_caller,
 )
-from ._linalg import solve_psd
+from .._validation import as_tensor, check_scalar, work_dtype
+from ..errors import ParameterError, ShapeError
+from ..linalg import solve_psd
 from .dynamics import GradientDescentMSE
 
 

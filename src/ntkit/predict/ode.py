@@ -22,14 +22,14 @@ import numpy as np
 import torch
 from scipy.integrate import solve_ivp
 
-from .._validation import as_tensor, check_scalar, work_dtype
-from ..errors import NtkitError, ParameterError, ShapeError
-from ._common import (
+from .._kernel_inputs import (
     KernelData,
     prepare_cross,
     prepare_kernel,
     prepare_times,
 )
+from .._validation import as_tensor, check_scalar, work_dtype
+from ..errors import NtkitError, ParameterError, ShapeError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

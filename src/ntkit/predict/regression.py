@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-import numpy as np
 import torch
 
-from .._validation import check_choice, check_scalar, work_dtype
-from ..errors import ParameterError, ShapeError
-from ._common import (
+from .._kernel_inputs import (
+    KernelData,
     prepare_cross,
     prepare_kernel,
     prepare_outputs,
     prepare_targets,
     to_caller,
 )
-from ._linalg import eigh_psd, solve_psd
+from .._validation import check_choice, check_scalar, work_dtype
+from ..errors import ParameterError, ShapeError
+from ..linalg import eigh_psd, solve_psd
 
 
 def kernel_regression(
@@ -61,12 +62,15 @@ def kernel_regression(
             ``<= rcond·λ_max`` dropped) instead of a Cholesky solve; gives the minimum-norm
             solution for singular ``H`` — the limit gradient flow reaches.
         rcond: pseudo-inverse cutoff relative to ``λ_max``; default ``N·eps`` (as NumPy).
-        dtype: computation dtype, default float64.
+            Dense path only: refused (ParameterError) with operators or iterative solvers.
+        dtype: computation dtype, default float64 (for a :class:`~ntkit.linalg.KernelOperator`
+            the operator's own dtype; another one is a ParameterError).
         solver: ``"auto"`` (a Cholesky solve for matrices; :func:`ntkit.linalg.solve`'s
             choice for operators), ``"cholesky"``, ``"cg"`` or ``"nystrom"`` (the iterative
             solvers of :mod:`ntkit.linalg`). ``k_train_train`` and ``k_test_train`` may also
             be :class:`ntkit.linalg.KernelOperator` objects, which never form the matrices;
-            the iterative solvers take 2-D kernels only.
+            the iterative solvers take 2-D kernels only. Every path runs the same input
+            checks and the dense solve is :func:`ntkit.linalg.solve_psd`.
 
     Returns:
         Test predictions ``(m,) + y_train.shape[1:]`` when ``k_test_train`` is given, else
@@ -79,9 +83,10 @@ def kernel_regression(
     from ..linalg import KernelOperator
 
     check_choice(solver, "solver", ("auto", "cholesky", "cg", "nystrom"))
-    if isinstance(k_train_train, KernelOperator) or solver in ("cg", "nystrom"):
-        return _iterative(k_train_train, y_train, k_test_train, ridge, fx_train_0, fx_test_0,
-                          solver, pinv)
+    if (isinstance(k_train_train, KernelOperator) or isinstance(k_test_train, KernelOperator)
+            or solver in ("cg", "nystrom")):
+        return _through_linalg_solve(k_train_train, y_train, k_test_train, ridge, fx_train_0,
+                                     fx_test_0, pinv, rcond, dtype, solver)
     dt = work_dtype(dtype)
     kd = prepare_kernel(k_train_train, "k_train_train", dt)
     tg = prepare_targets(y_train, kd)
@@ -110,24 +115,62 @@ def kernel_regression(
     return to_caller(out, tg, m)
 
 
-def _iterative(k_train, y, k_test, ridge, f0, ft0, solver, pinv) -> torch.Tensor:
-    """``kernel_regression`` through :func:`ntkit.linalg.solve` (operators or CG/Nyström)."""
-    from ..linalg import solve
+def _through_linalg_solve(k_train, y, k_test, ridge, f0, ft0, pinv, rcond, dtype, solver) -> torch.Tensor:
+    """``kernel_regression`` through :func:`ntkit.linalg.solve` (operators, CG or Nyström).
+
+    The inputs pass the checks of the dense path (targets, initial outputs, the test
+    kernel's shape, ``ridge``); ``dtype`` is honoured for matrices and must match an
+    operator's own dtype; ``pinv``/``rcond`` (the dense pseudo-inverse) are refused.
+    """
+    from ..linalg import KernelOperator, solve
 
     if pinv:
         raise ParameterError("pinv=True needs the dense Cholesky/eigen path; use solver='cholesky'")
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y,
-                        dtype=torch.float64)
-    f0 = torch.zeros_like(y) if f0 is None else torch.as_tensor(f0, dtype=y.dtype)
-    if f0.shape != y.shape:
-        raise ShapeError(f"fx_train_0 must have the shape of y_train {tuple(y.shape)}")
-    alpha = solve(k_train, y - f0, solver=solver, ridge=ridge)
+    if rcond is not None:
+        raise ParameterError(
+            "rcond is the pseudo-inverse cutoff of the dense path (pinv=True); the iterative "
+            "solvers and kernel operators do not use it: regularize with ridge > 0, or pass dense "
+            "matrices with solver='auto'/'cholesky'"
+        )
+    ridge = check_scalar(ridge, "ridge")
+    if isinstance(k_train, KernelOperator):
+        if dtype is not None and work_dtype(dtype) != k_train.dtype:
+            raise ParameterError(
+                f"dtype={work_dtype(dtype)} but k_train_train is a KernelOperator computing in "
+                f"{k_train.dtype}; build the operator with that dtype, or leave dtype=None"
+            )
+        if not k_train.symmetric:
+            raise ShapeError(
+                "k_train_train must be the symmetric training operator KernelOperator(arch, x_train) "
+                f"(x2=None); got a {k_train.shape[0]}×{k_train.shape[1]} cross-kernel operator"
+            )
+        kd = KernelData(k_train, k_train.shape[0], None, math.sqrt(torch.finfo(k_train.dtype).eps))
+    else:
+        kd = prepare_kernel(k_train, "k_train_train", work_dtype(dtype), allow_4d=False)
+    tg = prepare_targets(y, kd)
+    f0 = prepare_outputs(f0, tg, kd.n, "fx_train_0", kd)
     if k_test is None:
-        return f0 + k_train @ alpha
-    out = k_test @ alpha
-    if ft0 is not None:
-        out = out + torch.as_tensor(ft0, dtype=out.dtype)
-    return out
+        if ft0 is not None:
+            raise ParameterError("fx_test_0 was given without k_test_train; pass both or neither")
+        kt, m = None, kd.n
+    elif isinstance(k_test, KernelOperator):
+        if k_test.shape[1] != kd.n:
+            raise ShapeError(
+                f"k_test_train has shape {tuple(k_test.shape)} but must be (m, {kd.n}): its second "
+                "axis indexes the training examples (KernelOperator(arch, x_test, x_train))"
+            )
+        if k_test.dtype != kd.dtype:
+            raise ParameterError(
+                f"k_test_train computes in {k_test.dtype} but the training kernel in {kd.dtype}; "
+                "use one dtype for both"
+            )
+        kt, m = k_test, k_test.shape[0]
+    else:
+        kt, m = prepare_cross(k_test, kd)
+    ft0 = prepare_outputs(ft0, tg, m, "fx_test_0", kd) if kt is not None else None
+    alpha = solve(kd.K, tg.Y - f0, solver=solver, ridge=ridge)
+    out = f0 + kd.K @ alpha if kt is None else ft0 + kt @ alpha
+    return to_caller(out, tg, m)
 
 
 def max_learning_rate(k_train_train: Any, *, ridge: float = 0.0, dtype: Any = None) -> float:

@@ -22,8 +22,8 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 from .._validation import check_choice, check_nonnegative
 from ..errors import DataError, ParameterError, ShapeError
-from ..linalg import KernelOperator, solve
-from ..predict import gradient_descent_mse, kernel_regression
+from ..linalg import KernelOperator, predict, solve
+from ..predict import gradient_descent_mse
 from .kernel_function import _KERNELS, _SQRT2, NTKKernelFunction, _as_matrix
 
 _SOLVERS = ("auto", "cholesky", "cg", "nystrom")
@@ -34,12 +34,10 @@ class _NTKEstimator(BaseEstimator):
     """Shared fit/predict of :class:`NTKRegressor` and :class:`NTKClassifier`.
 
     Fitted state: ``X_fit_`` (training inputs) and ``dual_coef_`` with
-    ``f(x) = k(x, X_fit_) @ dual_coef_``. ``dual_coef_`` is obtained from the solvers of
-    :mod:`ntkit.predict` by evaluating their predictor at "test points" whose test-train
-    kernel rows are the unit vectors (``k_test_train = I``): both predictors are linear in
-    ``k_test_train`` (outputs at initialization are zero), so this returns exactly
-    ``(H + ridge·I)⁻¹ y`` for ``t=None`` and ``H⁻¹(I − e^{−(H+ridge)t/n}) y``-type
-    coefficients for finite ``t``.
+    ``f(x) = k(x, X_fit_) @ dual_coef_``: ``(H + ridge·I)⁻¹ y`` for ``t=None``
+    (:func:`ntkit.linalg.solve`) and ``V g(Λ) Vᵀ y`` with
+    ``g(λ) = (1 − e^{−(λ+ridge)t/n})/(λ+ridge)`` for finite ``t``
+    (:meth:`ntkit.predict.GradientDescentMSE.dual_coefficients`).
     """
 
     def __init__(
@@ -78,8 +76,15 @@ class _NTKEstimator(BaseEstimator):
             )
 
     def _fit_dual(self, X: np.ndarray, Y: np.ndarray) -> None:
-        """Validate the parameters, build the kernel of ``X`` and solve for ``dual_coef_``."""
+        """Validate the parameters, build the kernel of ``X`` and solve for ``dual_coef_``.
+
+        ``t=None``: ``dual_coef_ = (H + ridge·I)⁻¹ Y`` from :func:`ntkit.linalg.solve`, on the
+        dense kernel (Cholesky, factorized in place) or on a matrix-free
+        :class:`~ntkit.linalg.KernelOperator` (``solver="cg"``/``"nystrom"``). Finite ``t``:
+        the spectral coefficients of :meth:`ntkit.predict.GradientDescentMSE.dual_coefficients`.
+        """
         self._check_solver_params()
+        matrix_free = self.solver in _ITERATIVE
         if self.kernel == "precomputed":
             if X.shape[0] != X.shape[1]:
                 raise ShapeError(
@@ -89,30 +94,39 @@ class _NTKEstimator(BaseEstimator):
             fn, H = None, torch.from_numpy(np.array(X, dtype=np.float64))
         else:
             fn = NTKKernelFunction(self.depth, self.activation, self.W_std, self.b_std, self.kernel)
-            if self.solver in _ITERATIVE:  # tiles under a budget, never the dense n×n matrix
+            if matrix_free:  # tiles under a budget, never the dense n×n matrix
                 H = KernelOperator(fn.arch, _as_matrix(X, "X"), get=self.kernel)
             else:
                 H = fn.arch.kernel(_as_matrix(X, "X"), get=self.kernel)
         ridge = float(self.ridge)
-        if self.solver in _ITERATIVE:
+        if matrix_free:
             dual = solve(H, Y, solver=self.solver, ridge=ridge)
+        elif self.t is None or math.isinf(self.t):
+            # the kernel is ours: factorized in place, no second n×n buffer
+            dual = solve(H, Y, solver="cholesky", ridge=ridge, overwrite=True)
         else:
-            eye = torch.eye(X.shape[0], dtype=H.dtype)
-            if self.t is None or math.isinf(self.t):
-                dual = kernel_regression(H, Y, eye, ridge=ridge)
-            else:
-                dual = gradient_descent_mse(H, Y, ridge=ridge).test(float(self.t), eye)
+            dual = gradient_descent_mse(H, Y, ridge=ridge).dual_coefficients(float(self.t))
         self.kernel_function_ = fn
         # A copy (the user may mutate X); None with a precomputed kernel, as SVC keeps none.
         self.X_fit_ = None if fn is None else np.array(X, dtype=np.float64, order="C")
         self.dual_coef_ = dual.numpy()
+        self._matrix_free = matrix_free and fn is not None
 
     def _outputs(self, X: Any) -> np.ndarray:
-        """Regression outputs ``k(X, X_fit_) @ dual_coef_``, ``(m,)`` or ``(m, o)``."""
+        """Regression outputs ``k(X, X_fit_) @ dual_coef_``, ``(m,)`` or ``(m, o)``.
+
+        After a matrix-free fit through :func:`ntkit.linalg.predict` (tile by tile, skipping
+        the zero coefficients of a Nyström fit: no dense ``m × n`` test kernel).
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        K = X if self.kernel_function_ is None else self.kernel_function_(X, self.X_fit_)
-        return K @ self.dual_coef_
+        if self.kernel_function_ is None:
+            return X @ self.dual_coef_
+        if getattr(self, "_matrix_free", False):
+            fn = self.kernel_function_
+            out = predict(fn.arch, _as_matrix(X, "X"), self.X_fit_, self.dual_coef_, get=fn.kernel)
+            return out.numpy()
+        return self.kernel_function_(X, self.X_fit_) @ self.dual_coef_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,4 +1,5 @@
-"""Validation and reshaping shared by :mod:`ntkit.predict` and :mod:`ntkit.bounds` (private).
+"""Validation and reshaping of dense kernel inputs, shared by :mod:`ntkit.predict` and
+:mod:`ntkit.bounds` (private to ntkit).
 
 Internally every problem is a matrix problem: a kernel ``K`` of shape ``(N, N)`` acting on
 targets ``Y`` of shape ``(N, c)``.
@@ -21,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_tensor
-from ..errors import NonFiniteError, ParameterError, ShapeError
+from ._validation import as_tensor
+from .errors import NonFiniteError, ParameterError, ShapeError
 
 
 def source_eps(x: Any) -> float:
