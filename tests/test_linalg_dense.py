@@ -87,7 +87,7 @@ def test_solve_psd_errors():
         solve_psd(torch.ones(3, 2, dtype=F64), torch.ones(3, dtype=F64))
     with pytest.raises(ShapeError, match="right-hand side"):
         solve_psd(torch.eye(3, dtype=F64), torch.ones(4, dtype=F64))
-    with pytest.raises(ParameterError, match="float64 or torch.float32"):
+    with pytest.raises(ParameterError, match=r"float64 or torch\.float32"):
         solve_psd(torch.eye(3, dtype=F64), torch.ones(3, dtype=F64), dtype=torch.float16)
     with pytest.raises(ParameterError, match="positive semidefinite"):
         eigh_psd(-torch.eye(3, dtype=F64))

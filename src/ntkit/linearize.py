@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .empirical._params import ParamSelector, check_modules, select_params
+from .empirical.selection import ParamSelector, check_modules, select_params
 from .errors import ModelError
 
 
