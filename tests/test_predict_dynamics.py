@@ -3,7 +3,7 @@
 Reference routes: explicit GD loops in weight space for a linear model
 ``h(w, x) = f0(x) + J(x)(w − w0)`` (J from a torch MLP via torch.func.jacrev, or random
 features), ``scipy.linalg.expm`` for gradient flow, ``numpy`` solves for the limits.
-DESIGN.md identity 5 is checked here in its correct form: on the training set
+docs/DESIGN.md identity 5 is checked here in its correct form: on the training set
 ``f_t = f_0 + (I − e^{−Ht/n})(y − f_0)`` and on test points
 ``f_t(x) = f_0(x) + k(x, X) H⁻¹ (I − e^{−Ht/n})(y − f_0)`` (mean loss, η absorbed in t).
 """

@@ -1,4 +1,4 @@
-"""kernel_regression and DESIGN.md identities 4 and 6, against explicit feature-map GD.
+"""kernel_regression and docs/DESIGN.md identities 4 and 6, against explicit feature-map GD.
 
 Orientation used throughout: the feature matrix ``Phi`` is ``(p, n)`` with one column
 ``φ(x_i)`` per training example (``p >> n``); the model is ``h(w, x) = φ(x)ᵀ w`` and the

@@ -1,4 +1,4 @@
-"""DESIGN.md identities 1–3: the lecture's two-layer kernels, each by independent routes."""
+"""docs/DESIGN.md identities 1–3: the lecture's two-layer kernels, each by independent routes."""
 
 from __future__ import annotations
 

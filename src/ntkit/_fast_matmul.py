@@ -1,9 +1,9 @@
 """Float32 CPU matrix products through oneDNN when that is the faster library.
 
 torch multiplies float32 CPU matrices with MKL's ``sgemm``. On CPUs where MKL does not take
-its fastest code path (measured on this project's AMD EPYC machines: 195–207 GFLOP/s on two
-threads, against 395–453 GFLOP/s for oneDNN's matmul, which torch also ships), the same
-product through ``torch.ops.mkldnn._linear_pointwise`` takes half the time. ntkit's
+its fastest code path (some AMD CPUs; measurements in benchmarks/RESULTS.md), the same product
+through oneDNN's matmul, ``torch.ops.mkldnn._linear_pointwise``, which torch also ships, can
+take half the time. ntkit's
 structured empirical NTK spends most of its time in such products, so it routes them here:
 
 - :func:`matmul` for products it calls itself;

@@ -1,4 +1,4 @@
-"""Fully-connected layers (Jacot et al. 2018; Lee et al. 2019, DESIGN.md conventions)."""
+"""Fully-connected layers (Jacot et al. 2018; Lee et al. 2019, docs/DESIGN.md conventions)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def input_state(
     diagonal: bool,
     full_spatial: bool,
 ) -> KernelState:
-    """The kernel of the raw inputs: ``<x, x'> / fan_in`` (DESIGN.md, NTK parameterization).
+    """The kernel of the raw inputs: ``<x, x'> / fan_in`` (docs/DESIGN.md, NTK parameterization).
 
     Shapes: ``x1 (n1, d)`` or ``(n1, C, *S)``; ``fan_in`` is ``d`` or ``C`` (the channel sum
     at each position, as a convolution's fan-in per kernel position).

@@ -28,7 +28,7 @@ _KERNEL_NAMES = ("nngp", "ntk")
 
 
 class Layer(abc.ABC):
-    """A layer of an architecture (see ``DESIGN.md``, "One description, two objects")."""
+    """A layer of an architecture (see ``docs/DESIGN.md``, "One description, two objects")."""
 
     # ------------------------------------------------------------------ to override
     @abc.abstractmethod

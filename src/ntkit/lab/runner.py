@@ -135,9 +135,8 @@ def run(
         progress: show progress bars on stderr.
         threads: torch CPU threads during the run (default 1; restored afterwards). The
             lab's matrices have a few hundred rows: one thread is about as fast as two on an
-            idle machine and several times faster on a busy one (measured: 4 vs 20 ms per
-            training step of a width-1024 net on a loaded 2-core machine), and a fixed count
-            keeps ``metrics.json`` independent of the machine's core count.
+            idle machine and several times faster on a busy one (benchmarks/RESULTS.md), and a
+            fixed count keeps ``metrics.json`` independent of the machine's core count.
 
     Returns:
         A :class:`LabResult`.

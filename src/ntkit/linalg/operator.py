@@ -90,8 +90,8 @@ class KernelOperator:
         threads: local backend: tiles computed at once, each on its own thread with torch
             single-threaded inside (default ``torch.get_num_threads()``). Many small
             elementwise passes parallelize poorly inside torch, and on a busy machine its
-            threads' barriers cost far more than the work (measured: 20-100× slower with 2
-            intra-op threads next to other jobs on 2 cores); whole tiles per thread avoid
+            threads' barriers cost far more than the work (benchmarks/RESULTS.md); whole
+            tiles per thread avoid
             both. While tiles run, torch's intra-op thread count is 1 process-wide (it is
             restored afterwards); ``threads=1`` computes tiles one by one and leaves torch's
             setting alone. The budget is shared: each tile gets ``1/threads`` of it.

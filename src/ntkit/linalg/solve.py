@@ -15,8 +15,8 @@ memory):
    one of rank ``min(n, 500)`` (:class:`~ntkit.linalg.NystromPreconditioner`). ``"cg"``
    also runs, by request, on an operator that does not cache (matrix-free: each step
    recomputes the kernel); its default preconditioner then has rank ``min(n, 2000)``, and a
-   loose ``tol`` with a ``maxiter`` is the way to bound the time (n = 10⁵ on 2 cores:
-   15 steps, 11 min, the exact solve's test accuracy; benchmarks/RESULTS.md);
+   loose ``tol`` with a ``maxiter`` is the way to bound the time (measured runs:
+   benchmarks/RESULTS.md);
 3. ``"nystrom"`` otherwise, with ``min(n, 5000)`` centres (:func:`~ntkit.linalg.nystrom`),
    whose passes cost ``n·M`` kernel entries instead of ``n²``.
 
@@ -40,14 +40,13 @@ from .operator import KernelOperator
 from .preconditioner import NystromPreconditioner
 
 SOLVERS = ("auto", "cholesky", "cg", "nystrom")
-#: Largest ``n`` for which ``solver="auto"`` factorizes (``n³/3`` flops: ~1 min at 2·10⁴ on 2 cores).
+#: Largest ``n`` for which ``solver="auto"`` factorizes (``n³/3`` flops; timings in benchmarks/RESULTS.md).
 AUTO_CHOLESKY_MAX_N = 20_000
 #: Rank of the default Nyström preconditioner of ``solver="cg"`` (kernel in memory)...
 DEFAULT_PRECONDITIONER_RANK = 500
 #: ...and on an operator that recomputes its tiles at every product (matrix-free), where one
 #: CG step costs ``n²`` kernel entries and the preconditioner's ``n·l`` entries and
-#: ``n·l²`` flops are cheap next to it: fewer steps pay (benchmarks/RESULTS.md: at
-#: n = 40,000 rank 2,000 reaches the exact solve's test accuracy in 10 steps).
+#: ``n·l²`` flops are cheap next to it: fewer steps pay (measured in benchmarks/RESULTS.md).
 MATRIX_FREE_PRECONDITIONER_RANK = 2000
 
 

@@ -1,7 +1,7 @@
 r"""scikit-learn estimators and kernels built on the infinite-width NTK / NNGP.
 
 The architecture is a fully-connected network ``nk.mlp(depth, ...)`` in the NTK
-parameterization (DESIGN.md): ``depth`` Dense layers counting the readout, so ``depth=1`` is
+parameterization (docs/DESIGN.md): ``depth`` Dense layers counting the readout, so ``depth=1`` is
 the linear kernel ``<x, x'>/d`` (+ ``b_std²``) and ``depth=3`` has two hidden layers. The
 widths do not matter: these are the infinite-width kernels.
 
