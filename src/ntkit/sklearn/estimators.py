@@ -178,8 +178,9 @@ class NTKRegressor(RegressorMixin, _NTKEstimator):
     ``predict(x) = k(x, X) (H + ridge·I)⁻¹ y`` for ``t=None`` — the output of an infinitely
     wide network trained to convergence by gradient descent on the MSE, started from zero
     outputs (Jacot et al. 2018; Lee et al. 2019) — or the gradient-flow prediction at a
-    finite time ``t``. Solved by :func:`ntkit.predict.kernel_regression` /
-    :func:`ntkit.predict.gradient_descent_mse` in float64. ``y`` may be ``(n,)`` or
+    finite time ``t``: the same predictors as :func:`ntkit.predict.kernel_regression` /
+    :func:`ntkit.predict.gradient_descent_mse`, solved in float64 by :func:`ntkit.linalg.solve`
+    (``t=None``) or from the kernel's spectrum (finite ``t``). ``y`` may be ``(n,)`` or
     ``(n, o)`` (multi-output; one shared kernel); predictions have the same layout.
     """
         + _PARAMS_DOC
