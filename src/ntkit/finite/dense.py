@@ -13,7 +13,8 @@ class NTKDense(nn.Module):
 
     With ``parameterization="standard"``, ``z = W x + b`` with ``W ~ N(0, W_std²/fan_in)``
     and ``b ~ N(0, b_std²)`` stored directly (Sohl-Dickstein et al. 2020).
-    Shapes: ``(n, in_features) -> (n, out_features)``.
+    Shapes: ``(n, in_features) -> (n, out_features)``; on ``(n, in_features, *S)`` it acts
+    on the channel axis at every position (a 1×1 convolution): ``-> (n, out_features, *S)``.
     """
 
     def __init__(
@@ -42,6 +43,11 @@ class NTKDense(nn.Module):
         self.bias = nn.Parameter(bias) if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim > 2:  # channels first: act on axis 1 at every position
+            return self._linear(x.movedim(1, -1)).movedim(-1, 1)
+        return self._linear(x)
+
+    def _linear(self, x: torch.Tensor) -> torch.Tensor:
         if self.parameterization == "standard":
             return nn.functional.linear(x, self.weight, self.bias)
         out = nn.functional.linear(x, self.weight) * (self.W_std / math.sqrt(self.in_features))

@@ -17,8 +17,11 @@ from .activations import (
 from .combinators import FanInConcat, FanInSum, FanOut, mlp, parallel, serial
 from .conv import Conv
 from .dense import Dense
+from .dropout import Dropout
 from .layers import Layer
+from .normalization import LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool
+from .products import FanInProd
 from .state import KernelState
 
 __all__ = [
@@ -29,9 +32,11 @@ __all__ = [
     "AvgPool",
     "Conv",
     "Dense",
+    "Dropout",
     "ElementwiseLayer",
     "Erf",
     "FanInConcat",
+    "FanInProd",
     "FanInSum",
     "FanOut",
     "Flatten",
@@ -39,6 +44,7 @@ __all__ = [
     "Identity",
     "KernelState",
     "Layer",
+    "LayerNorm",
     "LeakyReLU",
     "ReLU",
     "Sigmoid",

@@ -8,7 +8,7 @@ from torch import nn
 from .._validation import check_choice, check_nonnegative, check_positive_int
 from ..errors import ShapeError
 from ..finite.dense import NTKDense
-from .layers import Layer, Shape, State, require_flat, require_single
+from .layers import Layer, Shape, State, require_single
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -30,6 +30,13 @@ class Dense(Layer):
 
     ``b_std=None`` means no bias. ``W_std``/``b_std`` may be 0-dim tensors with
     ``requires_grad`` to differentiate kernels with respect to them.
+
+    On flat inputs ``(n, d)`` the layer maps ``(n, d) -> (n, width)``. On spatial inputs
+    ``(n, C, *S)`` (sequences ``(n, C, T)``, images ``(n, C, H, W)``) it acts on the channel
+    axis at every position with shared weights — a 1×1 convolution, as neural-tangents'
+    ``Dense`` with a ``channel_axis`` — mapping ``(n, C, *S) -> (n, width, *S)`` with
+    ``fan_in = C``; the same recursion then holds for every pair of positions, in the
+    spatial-diagonal and the full spatial layout alike.
     """
 
     def __init__(
@@ -47,7 +54,7 @@ class Dense(Layer):
         self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
 
     def apply_kernel(self, state: State) -> State:
-        state = require_flat(require_single(state, self), self)
+        state = require_single(state, self)
         w2 = self.W_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
         nngp = w2 * state.nngp + b2
@@ -70,12 +77,13 @@ class Dense(Layer):
     def build_module(
         self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype
     ) -> tuple[nn.Module, Shape]:
-        if not isinstance(in_shape, tuple) or len(in_shape) != 1:
+        if not isinstance(in_shape, tuple) or not in_shape:
             raise ShapeError(
-                f"Dense expects flat inputs of shape (d,), got {in_shape}; add Flatten() first"
+                f"Dense expects one input of shape (d,) or (C, *spatial), got {in_shape}; "
+                "merge branches with FanInSum()/FanInConcat() first"
             )
         module = NTKDense(
             in_shape[0], self.width, W_std=self.W_std, b_std=self.b_std,
             parameterization=self.parameterization, generator=generator, dtype=dtype,
         )
-        return module, (self.width,)
+        return module, (self.width, *in_shape[1:])

@@ -74,6 +74,7 @@ def input_state(
         spatial=spatial,
         full_spatial=full_spatial and bool(spatial),
         diagonal=diagonal,
+        same=same,
     )
 
 

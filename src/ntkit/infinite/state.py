@@ -39,6 +39,12 @@ class KernelState:
     standard parameterization and ``FanInConcat`` need it. ``fresh`` is ``True`` right after
     a zero-mean random affine layer (Dense/Conv, possibly followed by linear pooling): such
     a branch is uncorrelated with any other branch, which ``FanInSum`` relies on.
+    ``same`` is ``True`` when the right examples are the left ones (``x2`` was ``None``):
+    in the pairwise layout the pair ``(i, i)`` is then an example with itself, in the
+    ``diagonal=True`` layout every pair is (see :func:`same_example`).
+    ``side1``/``side2`` hold per-example side information of the left/right examples
+    (e.g. ``"mask"``: ``(n, *S)`` booleans, ``True`` = position absent), indexed along the
+    batch axis like ``var1``/``var2``; ``None`` when there is none (see :func:`absent`).
     """
 
     nngp: torch.Tensor
@@ -51,6 +57,9 @@ class KernelState:
     diagonal: bool = False
     fresh: bool = False
     self_pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+    same: bool = False
+    side1: dict | None = None
+    side2: dict | None = None
 
     def replace(self, **changes) -> KernelState:
         """Return a copy with the given fields changed."""
@@ -88,3 +97,31 @@ def swap_pair_axes(t: torch.Tensor, n_spatial: int, full_spatial: bool) -> torch
     first = list(range(2, 2 + n_spatial))
     second = list(range(2 + n_spatial, 2 + 2 * n_spatial))
     return t.permute(1, 0, *second, *first)
+
+
+def same_example(state: KernelState) -> torch.Tensor | None:
+    """Which pairs hold an example with itself, as a boolean tensor over the batch axes.
+
+    ``(n1, n2)`` in the pairwise layout, ``(N,)`` in the ``diagonal=True``/pair-list layout;
+    ``None`` when no pair does (e.g. ``x2`` given). Layers whose randomness is drawn per
+    example (``Dropout``) need it: the same example shares its draw, two examples do not.
+    """
+    device = state.var1.device
+    if state.self_pairs is not None:
+        i1, _ = state.self_pairs
+        return i1 == torch.arange(i1.numel(), device=device)
+    if not state.same:
+        return None
+    n = state.var1.shape[0]
+    if state.diagonal:
+        return torch.ones(n, dtype=torch.bool, device=device)
+    return torch.eye(n, dtype=torch.bool, device=device)
+
+
+def absent(state: KernelState, first: bool) -> torch.Tensor | None:
+    """The boolean ``(N, *S)`` mask of absent positions of the left (``first``) or right
+    examples, aligned with ``var1``/``var2``; ``None`` when no mask was given."""
+    side = state.side1 if first else state.side2
+    if not side:
+        return None
+    return side.get("mask")
