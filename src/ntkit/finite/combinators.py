@@ -11,19 +11,39 @@ import torch
 from torch import nn
 
 
+def call_with_mask(module: nn.Module, x, mask: torch.Tensor | None):
+    """``module(x, mask=mask)`` for modules that take masks (``takes_mask``), else ``module(x)``."""
+    if mask is not None and getattr(module, "takes_mask", False):
+        return module(x, mask=mask)
+    return module(x)
+
+
 class Serial(nn.Sequential):
-    """Modules applied one after the other (branches pass through as tuples)."""
+    """Modules applied one after the other (branches pass through as tuples).
+
+    ``forward(x, mask=None)``: a boolean ``(n, *S)`` mask of absent positions (True =
+    absent) is handed to every module that takes one (attention, pooling, normalization).
+    """
+
+    takes_mask = True
+
+    def forward(self, x, mask: torch.Tensor | None = None):
+        for module in self:
+            x = call_with_mask(module, x, mask)
+        return x
 
 
 class Parallel(nn.Module):
-    """Applies the i-th module to the i-th branch."""
+    """Applies the i-th module to the i-th branch (passing the mask on, as :class:`Serial`)."""
+
+    takes_mask = True
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
         super().__init__()
         self.branches = nn.ModuleList(modules)
 
-    def forward(self, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(m(x) for m, x in zip(self.branches, xs))
+    def forward(self, xs: tuple[torch.Tensor, ...], mask: torch.Tensor | None = None) -> tuple:
+        return tuple(call_with_mask(m, x, mask) for m, x in zip(self.branches, xs))
 
 
 class FanOutModule(nn.Module):

@@ -37,12 +37,21 @@ class AvgPoolModule(nn.Module):
 
 
 class GlobalAvgPoolModule(nn.Module):
-    """Mean over all spatial positions: ``(n, C, *S) -> (n, C)``."""
+    """Mean over all spatial positions: ``(n, C, *S) -> (n, C)``.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    With ``mask`` (bool ``(n, *S)``, True = absent) the mean runs over present positions.
+    """
+
+    takes_mask = True
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim < 3:
             raise ShapeError(f"GlobalAvgPool expects images (n, C, *spatial), got {tuple(x.shape)}")
-        return x.mean(dim=tuple(range(2, x.ndim)))
+        dims = tuple(range(2, x.ndim))
+        if mask is None:
+            return x.mean(dim=dims)
+        weight = (~mask).unsqueeze(1).to(x.dtype)
+        return (x * weight).sum(dims) / weight.sum(dims)
 
 
 class FlattenModule(nn.Module):

@@ -14,6 +14,7 @@ from .activations import (
     Softplus,
     Tanh,
 )
+from .attention import GlobalSelfAttention
 from .combinators import FanInConcat, FanInSum, FanOut, mlp, parallel, serial
 from .conv import Conv
 from .dense import Dense
@@ -41,6 +42,7 @@ __all__ = [
     "FanOut",
     "Flatten",
     "GlobalAvgPool",
+    "GlobalSelfAttention",
     "Identity",
     "KernelState",
     "Layer",

@@ -46,6 +46,7 @@ class ElementwiseLayer(Layer):
     """Base of activations: subclasses give ``fn`` and ``expectations``."""
 
     name = "activation"
+    handles_masks = True  # position-wise
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -84,6 +84,8 @@ class ParallelLayer(Layer):
 class FanOut(Layer):
     """Copies its input into ``n`` branches (to be followed by :func:`parallel`)."""
 
+    handles_masks = True
+
     def __init__(self, n: int) -> None:
         self.n = check_positive_int(n, "n")
 
@@ -112,6 +114,8 @@ class FanInSum(Layer):
     followed by pooling) applied after the ``FanOut``: e.g. a residual block
     ``x + Dense(ReLU(x))``. Other merges raise.
     """
+
+    handles_masks = True
 
     def apply_kernel(self, state: State) -> State:
         states = _branches(state, self)
@@ -155,6 +159,8 @@ class FanInConcat(Layer):
     The next layer's ``1/fan_in`` normalization makes the kernel of the concatenation
     ``Σ_k (width_k / Σ width) · K_k``.
     """
+
+    handles_masks = True
 
     def apply_kernel(self, state: State) -> State:
         states = _branches(state, self)

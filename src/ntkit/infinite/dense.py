@@ -39,6 +39,8 @@ class Dense(Layer):
     spatial-diagonal and the full spatial layout alike.
     """
 
+    handles_masks = True  # position-wise
+
     def __init__(
         self,
         width: int,

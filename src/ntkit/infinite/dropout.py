@@ -71,7 +71,8 @@ class Dropout(Layer):
         k = len(state.spatial)
         if state.full_spatial:
             p = math.prod(state.spatial)
-            positions = torch.eye(p, dtype=torch.bool, device=same.device).reshape(*state.spatial, *state.spatial)
+            positions = torch.eye(p, dtype=torch.bool, device=same.device)
+            positions = positions.reshape(*state.spatial, *state.spatial)
             where = same.reshape(*same.shape, *(1,) * (2 * k)) & positions
         else:
             where = same.reshape(*same.shape, *(1,) * k)

@@ -34,11 +34,14 @@ def input_state(
     want_ntk: bool,
     diagonal: bool,
     full_spatial: bool,
+    side1: dict | None = None,
+    side2: dict | None = None,
 ) -> KernelState:
     """The kernel of the raw inputs: ``<x, x'> / fan_in`` (docs/DESIGN.md, NTK parameterization).
 
     Shapes: ``x1 (n1, d)`` or ``(n1, C, *S)``; ``fan_in`` is ``d`` or ``C`` (the channel sum
-    at each position, as a convolution's fan-in per kernel position).
+    at each position, as a convolution's fan-in per kernel position). ``side1``/``side2``:
+    per-example side information of ``x1``/``x2`` (see :class:`KernelState`).
     """
     width = x1.shape[1]
     spatial = tuple(x1.shape[2:])
@@ -75,6 +78,8 @@ def input_state(
         full_spatial=full_spatial and bool(spatial),
         diagonal=diagonal,
         same=same,
+        side1=side1,
+        side2=side1 if same else side2,
     )
 
 
@@ -126,19 +131,27 @@ def tile_side(per_pair: int, budget: int, element_size: int) -> int:
                       math.isqrt(max(1, _CACHE_TILE_ENTRIES // entries_per_pair))))
 
 
+def take(side: dict | None, index) -> dict | None:
+    """Per-example side information (``{name: (n, ...) tensor}``) at ``index`` of the batch."""
+    return None if side is None else {k: v[index] for k, v in side.items()}
+
+
 def kernel_block(
-    layer, a: torch.Tensor, b: torch.Tensor | None, *, want_ntk: bool, diagonal: bool = False
+    layer, a: torch.Tensor, b: torch.Tensor | None, *, want_ntk: bool, diagonal: bool = False,
+    side_a: dict | None = None, side_b: dict | None = None,
 ) -> KernelState:
     """The output kernel state of ``layer`` for rows ``a`` and columns ``b``.
 
     ``b=None`` means ``b = a`` (each example's pair with itself is then exact). This is one
     tile: callers such as :func:`evaluate` or ``ntkit.linalg`` bound its size.
+    ``side_a``/``side_b``: side information of the rows/columns (e.g. masks), or ``None``.
     """
     full = layer.needs_full_spatial() and a.ndim > 2
     if full:  # pooling needs each example's self-covariance: the pair-list route
-        return pair_block(layer, a, b, want_ntk=want_ntk, diagonal=diagonal)
+        return pair_block(layer, a, b, want_ntk=want_ntk, diagonal=diagonal, side_a=side_a, side_b=side_b)
     state = layer.apply_kernel(
-        input_state(a, b, want_ntk=want_ntk, diagonal=diagonal, full_spatial=full)
+        input_state(a, b, want_ntk=want_ntk, diagonal=diagonal, full_spatial=full,
+                    side1=side_a, side2=side_b)
     )
     if isinstance(state, tuple):
         raise ShapeError(
@@ -156,24 +169,37 @@ def evaluate(
     want_ntk: bool,
     diagonal: bool,
     memory_budget: int | None,
+    side1: dict | None = None,
+    side2: dict | None = None,
 ) -> Kernel:
-    """Run ``layer`` on the input kernel of ``(x1, x2)`` tile by tile; see module docstring."""
+    """Run ``layer`` on the input kernel of ``(x1, x2)`` tile by tile; see module docstring.
+
+    ``side1``/``side2``: per-example side information of ``x1``/``x2`` (``{name: (n, ...)}``,
+    e.g. masks), sliced along with the examples into every tile.
+    """
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     per_pair = pair_bytes(layer, x1, want_ntk)
     if layer.needs_full_spatial() and x1.ndim > 2:
         # A chunk holds at least one pair and the two self pairs it needs.
         check_budget(per_pair * (1 if x2 is None else 3), budget)
         return evaluate_pairs(
-            layer, x1, x2, want_ntk=want_ntk, diagonal=diagonal, per_pair=per_pair, budget=budget
+            layer, x1, x2, want_ntk=want_ntk, diagonal=diagonal, per_pair=per_pair, budget=budget,
+            side1=side1, side2=side2,
         )
     check_budget(per_pair, budget)
 
-    def run(a: torch.Tensor, b: torch.Tensor | None, diag: bool) -> KernelState:
-        return kernel_block(layer, a, b, want_ntk=want_ntk, diagonal=diag)
+    def run(rows: slice, cols: slice | None, diag: bool) -> KernelState:
+        """The block of ``x1[rows]`` with ``x2[cols]`` (``cols=None``: with ``x1[rows]``)."""
+        if cols is None:
+            return kernel_block(layer, x1[rows], None, want_ntk=want_ntk, diagonal=diag,
+                                side_a=take(side1, rows))
+        src, side = (x1, side1) if x2 is None else (x2, side2)
+        return kernel_block(layer, x1[rows], src[cols], want_ntk=want_ntk, diagonal=diag,
+                            side_a=take(side1, rows), side_b=take(side, cols))
 
     if diagonal:
         rows = max(1, budget // per_pair)
-        parts = [run(x1[i : i + rows], None if x2 is None else x2[i : i + rows], True)
+        parts = [run(slice(i, i + rows), None if x2 is None else slice(i, i + rows), True)
                  for i in range(0, x1.shape[0], rows)]
         var1 = torch.cat([p.var1 for p in parts])
         var2 = var1 if x2 is None else torch.cat([p.var2 for p in parts])
@@ -205,7 +231,7 @@ def _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget) -> Kernel:
         for c0 in range(c_start, n2, col_block):
             c1 = min(n2, c0 + col_block)
             same_rows = symmetric and c0 == r0 and c1 == r1
-            state = run(x1[r0:r1], None if same_rows else cols_src[c0:c1], False)
+            state = run(slice(r0, r1), None if same_rows else slice(c0, c1), False)
             if out_nngp is None:
                 shape = (n1, n2, *state.nngp.shape[2:])
                 out_nngp = state.nngp.new_empty(shape)

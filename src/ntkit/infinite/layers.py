@@ -17,6 +17,7 @@ from torch import nn
 from .._validation import as_input_pair, resolve_dtype
 from ..errors import ParameterError, ShapeError
 from ..kernel import Kernel
+from .masks import as_mask, remask, unsupported_layer
 from .state import KernelState
 
 #: One example's shape, or a list of them after a ``FanOut``.
@@ -45,6 +46,10 @@ class Layer(abc.ABC):
         """Whether this layer needs position-by-position covariances (e.g. pooling)."""
         return False
 
+    #: Whether the layer honours masks of absent positions (``kernel(..., mask1=...)``):
+    #: position-wise layers pass them through, the others must exclude absent positions.
+    handles_masks = False
+
     # ------------------------------------------------------------------ public API
     def kernel(
         self,
@@ -55,6 +60,8 @@ class Layer(abc.ABC):
         diagonal: bool = False,
         dtype: Any = None,
         memory_budget: int | None = None,
+        mask1: Any = None,
+        mask2: Any = None,
     ) -> Kernel | torch.Tensor:
         """Infinite-width NNGP and NTK of this architecture.
 
@@ -70,6 +77,10 @@ class Layer(abc.ABC):
             dtype: ``torch.float64`` (default) or ``torch.float32``.
             memory_budget: bytes allowed for the temporaries of one tile of example pairs
                 (default 256 MiB); the output matrices are not counted.
+            mask1, mask2: boolean ``(n1, *S)``/``(n2, *S)`` masks of absent positions of
+                sequences/images (``True`` = absent; ``None`` = all present), excluded from
+                attention, pooling and normalization (see :mod:`ntkit.infinite.masks`).
+                ``mask2`` needs ``x2``.
 
         Returns:
             A tensor (``get`` a string) or a :class:`~ntkit.Kernel`, on the inputs' device.
@@ -79,9 +90,13 @@ class Layer(abc.ABC):
         names, as_tensor_result = _parse_get(get)
         dtype = resolve_dtype(dtype)
         x1, x2 = as_input_pair(x1, x2, dtype=dtype)
+        side1, side2, mask1, mask2 = self._masks(x1, x2, mask1, mask2)
         if x2 is not None:
-            if x2.shape == x1.shape and torch.equal(x1, x2):
+            same_masks = (mask1 is None) == (mask2 is None) and (
+                mask1 is None or torch.equal(mask1, mask2))
+            if x2.shape == x1.shape and torch.equal(x1, x2) and same_masks:
                 x2 = None  # k(x, x): compute the symmetric half, pairs with itself exact
+                side2 = None
             elif diagonal and x2.shape[0] != x1.shape[0]:
                 raise ShapeError(
                     f"diagonal=True pairs x1[i] with x2[i], so both need the same number of "
@@ -89,11 +104,35 @@ class Layer(abc.ABC):
                 )
         result = evaluate(
             self, x1, x2, want_ntk="ntk" in names, diagonal=bool(diagonal),
-            memory_budget=memory_budget,
+            memory_budget=memory_budget, side1=side1, side2=side2,
         )
+        if mask1 is not None:
+            result = remask(result, mask1, mask1 if mask2 is None else mask2)
         if "nngp" not in names:
             result = Kernel(None, result.ntk, result.var1, result.var2, result.diagonal)
         return result.get(names[0]) if as_tensor_result else result
+
+    def _masks(self, x1, x2, mask1, mask2):
+        """Checked masks as side information: ``(side1, side2, mask1, mask2)``."""
+        if mask1 is None and mask2 is None:
+            return None, None, None, None
+        if mask2 is not None and x2 is None:
+            raise ShapeError("mask2 was given without x2; pass x2 too, or only mask1 for kernel(x1)")
+        bad = unsupported_layer(self)
+        if bad is not None:
+            raise ShapeError(
+                f"{type(bad).__name__} cannot honour masks of absent positions (mask1/mask2); "
+                "layers that do: Dense, activations, LayerNorm, Dropout, FanOut/FanInSum/"
+                "FanInConcat/FanInProd, GlobalSelfAttention, GlobalAvgPool. Remove the masks "
+                "(e.g. crop the inputs to equal length) or that layer"
+            )
+        m1 = torch.zeros((x1.shape[0], *x1.shape[2:]), dtype=torch.bool, device=x1.device) \
+            if mask1 is None else as_mask(mask1, x1, "mask1")
+        if x2 is None:
+            return {"mask": m1}, None, m1, None
+        m2 = torch.zeros((x2.shape[0], *x2.shape[2:]), dtype=torch.bool, device=x2.device) \
+            if mask2 is None else as_mask(mask2, x2, "mask2")
+        return {"mask": m1}, {"mask": m2}, m1, m2
 
     def build(
         self, in_shape: Sequence[int] | int, seed: int | None = None, dtype: Any = torch.float64

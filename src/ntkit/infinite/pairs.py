@@ -40,6 +40,8 @@ def pair_state(
     ib: torch.Tensor,
     *,
     want_ntk: bool,
+    side_a: dict | None = None,
+    side_b: dict | None = None,
 ) -> tuple[KernelState, int]:
     """Input state of the pairs ``(xa[ia[k]], xb[ib[k]])`` plus the self pairs they need.
 
@@ -47,7 +49,8 @@ def pair_state(
     Shapes: ``xa (na, C, *S)``, ``ia``/``ib`` ``(m,)``. Returns the state, in the
     ``diagonal=True`` full spatial layout ``nngp (N, *S, *S)`` with ``N >= m`` (the first
     ``m`` entries are the requested pairs), and ``m``. The input NTK is 0 (no parameters
-    act before the input), passed as a broadcast zero.
+    act before the input), passed as a broadcast zero. ``side_a``/``side_b``: per-example
+    side information of ``xa``/``xb`` (e.g. masks), gathered along with the pairs.
     """
     m = ia.numel()
     device = xa.device
@@ -61,6 +64,7 @@ def pair_state(
         left = torch.cat([ia, missing])
         right = torch.cat([ib, missing])
         a, b = xa[left], xa[right]
+        side1, side2 = _take(side_a, left), _take(side_a, right)
         self1, self2 = present[left], present[right]
         is_self = left == right
     else:
@@ -71,6 +75,8 @@ def pair_state(
         pos_b[ub] = m + ua.numel() + torch.arange(ub.numel(), device=device)
         a = torch.cat([xa[ia], xa[ua], xb[ub]])
         b = torch.cat([xb[ib], xa[ua], xb[ub]])
+        side1 = _cat([_take(side_a, ia), _take(side_a, ua), _take(side_b, ub)])
+        side2 = _cat([_take(side_b, ib), _take(side_a, ua), _take(side_b, ub)])
         self1 = torch.cat([pos_a[ia], pos_a[ua], pos_b[ub]])
         self2 = torch.cat([pos_b[ib], pos_a[ua], pos_b[ub]])
         is_self = torch.arange(a.shape[0], device=device) >= m
@@ -99,13 +105,27 @@ def pair_state(
         full_spatial=True,
         diagonal=True,
         self_pairs=(self1, self2),
+        side1=side1,
+        side2=side2,
     )
     return state, m
 
 
-def run_pairs(layer, xa, xb, ia, ib, *, want_ntk: bool) -> tuple[KernelState, int]:
+def _take(side: dict | None, index: torch.Tensor) -> dict | None:
+    return None if side is None else {k: v[index] for k, v in side.items()}
+
+
+def _cat(sides: list) -> dict | None:
+    if any(s is None for s in sides):
+        return None
+    return {k: torch.cat([s[k] for s in sides]) for k in sides[0]}
+
+
+def run_pairs(
+    layer, xa, xb, ia, ib, *, want_ntk: bool, side_a: dict | None = None, side_b: dict | None = None
+) -> tuple[KernelState, int]:
     """The output state of ``layer`` on the pairs of :func:`pair_state`."""
-    state, m = pair_state(xa, xb, ia, ib, want_ntk=want_ntk)
+    state, m = pair_state(xa, xb, ia, ib, want_ntk=want_ntk, side_a=side_a, side_b=side_b)
     state = layer.apply_kernel(state)
     if isinstance(state, tuple):
         raise ShapeError(
@@ -176,12 +196,16 @@ def evaluate_pairs(
     diagonal: bool,
     per_pair: int,
     budget: int,
+    side1: dict | None = None,
+    side2: dict | None = None,
 ) -> Kernel:
     """``layer``'s kernels on ``(x1, x2)`` chunk by chunk; see the module docstring.
 
     ``per_pair``: estimated bytes of temporaries per pair (self pairs included in the
-    count); a chunk holds at most ``budget // per_pair`` pairs.
+    count); a chunk holds at most ``budget // per_pair`` pairs. ``side1``/``side2``:
+    per-example side information of ``x1``/``x2`` (e.g. masks).
     """
+    sides = {"side_a": side1, "side_b": side1 if x2 is None else side2}
     entries = math.prod(x1.shape[2:]) ** 2
     max_pairs = max_chunk_pairs(per_pair, budget, entries)
     device = x1.device
@@ -192,7 +216,7 @@ def evaluate_pairs(
         rows = max_pairs if symmetric else max(1, max_pairs // 3)
         for r0 in range(0, n1, rows):
             idx = torch.arange(r0, min(n1, r0 + rows), device=device)
-            state, m = run_pairs(layer, x1, x2, idx, idx, want_ntk=want_ntk)
+            state, m = run_pairs(layer, x1, x2, idx, idx, want_ntk=want_ntk, **sides)
             out.add(state, m, idx, idx, symmetric)
         return out.kernel(diagonal=True)
     n2 = n1 if symmetric else x2.shape[0]
@@ -208,7 +232,7 @@ def evaluate_pairs(
                     ia, ib = tri[0], tri[1]
                 else:
                     ia, ib = _grid(r0, r1, c0, c1, device)
-                state, m = run_pairs(layer, x1, None, ia, ib, want_ntk=want_ntk)
+                state, m = run_pairs(layer, x1, None, ia, ib, want_ntk=want_ntk, **sides)
                 out.add(state, m, ia, ib, True)
         return out.kernel(diagonal=False)
     rows = min(n1, block_side(max_pairs))
@@ -216,7 +240,7 @@ def evaluate_pairs(
     for r0 in range(0, n1, rows):
         for c0 in range(0, n2, cols):
             ia, ib = _grid(r0, min(n1, r0 + rows), c0, min(n2, c0 + cols), device)
-            state, m = run_pairs(layer, x1, x2, ia, ib, want_ntk=want_ntk)
+            state, m = run_pairs(layer, x1, x2, ia, ib, want_ntk=want_ntk, **sides)
             out.add(state, m, ia, ib, False)
     return out.kernel(diagonal=False)
 
@@ -228,7 +252,8 @@ def _grid(r0: int, r1: int, c0: int, c1: int, device) -> tuple[torch.Tensor, tor
 
 
 def pair_block(
-    layer, a: torch.Tensor, b: torch.Tensor | None, *, want_ntk: bool, diagonal: bool = False
+    layer, a: torch.Tensor, b: torch.Tensor | None, *, want_ntk: bool, diagonal: bool = False,
+    side_a: dict | None = None, side_b: dict | None = None,
 ) -> KernelState:
     """One ``(len(a), len(b))`` block as a pairwise state (for :func:`engine.kernel_block`).
 
@@ -238,17 +263,20 @@ def pair_block(
     ra = a.shape[0]
     if diagonal:
         idx = torch.arange(ra, device=a.device)
-        state, m = run_pairs(layer, a, b, idx, idx, want_ntk=want_ntk)
+        state, m = run_pairs(layer, a, b, idx, idx, want_ntk=want_ntk, side_a=side_a, side_b=side_b)
         return state.replace(
             nngp=state.nngp[:m],
             ntk=None if state.ntk is None else state.ntk[:m],
             var1=state.var1[:m],
             var2=state.var1[:m] if b is None else state.var2[:m],
             self_pairs=None,
+            side1=side_a,
+            side2=side_a if b is None else side_b,
+            same=b is None,
         )
     rb = ra if b is None else b.shape[0]
     ia, ib = _grid(0, ra, 0, rb, a.device)
-    state, m = run_pairs(layer, a, b, ia, ib, want_ntk=want_ntk)
+    state, m = run_pairs(layer, a, b, ia, ib, want_ntk=want_ntk, side_a=side_a, side_b=side_b)
     rest = tuple(state.nngp.shape[1:])
     var_rest = tuple(state.var1.shape[1:])
     var1 = state.var1[:m].reshape(ra, rb, *var_rest)[:, 0]
@@ -260,4 +288,7 @@ def pair_block(
         var2=var1 if b is None else var2,
         diagonal=False,
         self_pairs=None,
+        side1=side_a,
+        side2=side_a if b is None else side_b,
+        same=b is None,
     )

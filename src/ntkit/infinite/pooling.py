@@ -28,7 +28,7 @@ from ..spatial import PADDINGS, as_tuple, check_window, geometry
 from ._spatial import window_sum
 from .conv import resolve_window, spatial_rank_error
 from .layers import Layer, Shape, State, require_single
-from .state import KernelState
+from .state import KernelState, absent
 
 
 def _require_full(state: KernelState, layer: Layer) -> None:
@@ -58,6 +58,33 @@ def _self_diagonal(pooled: torch.Tensor, spatial: tuple[int, ...], index: torch.
     p = math.prod(spatial)
     flat = pooled.reshape(pooled.shape[0], p, p)[index]
     return flat.diagonal(dim1=1, dim2=2).reshape(len(index), *spatial)
+
+
+def _present_mean(state: KernelState, mask1, mask2):
+    """Mean over the present positions of both examples of each pair (flat pair layout)."""
+    n = state.nngp.shape[0]
+    p = math.prod(state.spatial)
+
+    def weights(mask):
+        if mask is None:
+            return torch.full((n, p), 1.0 / p, dtype=state.nngp.dtype, device=state.nngp.device)
+        present = (~mask).reshape(n, p).to(state.nngp.dtype)
+        return present / present.sum(1, keepdim=True)
+
+    w1, w2 = weights(mask1), weights(mask2)
+
+    def mean(t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(n, p, p)
+        return torch.einsum("np,npq,nq->n", w1, flat, w2)
+
+    return mean
+
+
+def _without_mask(side: dict | None) -> dict | None:
+    """Side information without the (now meaningless) mask of positions."""
+    if not side or "mask" not in side:
+        return side
+    return {k: v for k, v in side.items() if k != "mask"}
 
 
 class AvgPool(Layer):
@@ -133,7 +160,11 @@ class GlobalAvgPool(Layer):
     """Mean over all positions: ``(N, *S, *S) -> (N,)`` (full spatial covariance needed).
 
     The readout of Arora et al. (2019)'s CNTK-GAP and Novak et al. (2019)'s CNN-GAP.
+    With masks of absent positions (``kernel(..., mask1=...)``) the mean runs over the
+    present positions of each example: ``K' = Σ_{p∈U1, p'∈U2} K[p, p'] / (|U1|·|U2|)``.
     """
+
+    handles_masks = True
 
     def needs_full_spatial(self) -> bool:
         return True
@@ -145,10 +176,16 @@ class GlobalAvgPool(Layer):
         _require_full(state, self)
         batch = 1 if state.diagonal else 2
         dims = tuple(range(batch, state.nngp.ndim))
-        nngp = state.nngp.mean(dim=dims)
+        mask1, mask2 = absent(state, True), absent(state, False)
+        if state.diagonal and (mask1 is not None or mask2 is not None):
+            mean = _present_mean(state, mask1, mask2)
+        else:
+            def mean(t: torch.Tensor) -> torch.Tensor:
+                return t.mean(dim=dims)
+        nngp = mean(state.nngp)
         ntk = None
         if state.ntk is not None:
-            ntk = nngp if state.ntk is state.nngp else state.ntk.mean(dim=dims)
+            ntk = nngp if state.ntk is state.nngp else mean(state.ntk)
         if not state.diagonal:
             raise NtkitError(
                 "GlobalAvgPool on the pairwise (n1, n2) full layout cannot form the pooled "
@@ -158,7 +195,8 @@ class GlobalAvgPool(Layer):
         var1 = nngp[i1]
         var2 = var1 if i2 is i1 else nngp[i2]
         return state.replace(
-            nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=(), full_spatial=False
+            nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=(), full_spatial=False,
+            side1=_without_mask(state.side1), side2=_without_mask(state.side2),
         )
 
     def build_module(

@@ -10,7 +10,6 @@ it with a ``Dense``/``Conv`` before an activation (as in neural-tangents).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from ..errors import ShapeError
 from .layers import Layer, State
@@ -63,7 +62,7 @@ class FanInProd(Layer):
             fresh=not_fresh == 0,
         )
 
-    def build_module(self, in_shape, generator: torch.Generator, dtype: torch.dtype) -> tuple[nn.Module, tuple]:
+    def build_module(self, in_shape, generator: torch.Generator, dtype: torch.dtype):
         from ..finite_modern import FanInProdModule
 
         if not isinstance(in_shape, list):

@@ -1,0 +1,269 @@
+"""Global self-attention of infinitely many heads and channels (Hron et al. 2020).
+
+The finite layer (neural-tangents' ``stax.GlobalSelfAttention``, NTK parameterization): for
+inputs ``x`` with ``C`` channels at ``P`` positions, ``H`` heads with key/query maps
+``W_K, W_Q ∈ R^{C×d_k}`` and value maps ``W_V ∈ R^{C×d_v}`` (all ``N(0, 1)``),
+
+    G_h = mech(QK_std · (x W_Q^h)(x W_K^h)ᵀ / (C·d_k^s)),   s = 1 ("linear scaling") or 1/2,
+    f   = [G_1 x W_V^1, …, G_H x W_V^H] W_O · OV_std/√(d_v·H·C) + b_std·b,
+
+with ``QK_std = W_query_std·W_key_std``, ``OV_std = W_out_std·W_value_std``, ``mech`` a
+softmax over the key positions, the identity, ``|·|`` or ReLU. With ``linear_scaling=True``
+the query and key maps are tied (``W_Q = W_K``) and, as ``C, d_k, d_v·H → ∞``, the attention
+weights converge to the deterministic ``G(x)[p, p'] = mech(QK_std·Σ_x[p, p'])`` of the input
+covariance ``Σ_x`` of the example with itself (Hron et al. 2020, Sec. 3, "linear scaling";
+neural-tangents' kernel). The kernels then map, for the full spatial covariances of a pair,
+
+    nngp' = OV_std²·G(x) nngp G(x')ᵀ + b_std²,
+    ntk'  = OV_std²·G(x) ntk G(x')ᵀ + 2·OV_std²·G(x) nngp G(x')ᵀ + b_std²
+
+(the values and the output map each contribute the NNGP term; the key/query gradients
+vanish in the limit).
+
+Positional embeddings (``pos_emb_type="sum"``/``"concat"``): random embeddings ``e`` with
+position covariance ``R[p, p'] = decay(Σ_axes |p_a − p'_a|^p_norm)`` (``decay=None``: the
+identity ``R = I``), shared by all examples and trainable, added to (``"sum"``) or concatenated
+with (``"concat"``, as many channels as the input) the inputs of the keys and queries (and of
+the values when ``val_pos_emb=True``). Their covariances enter as
+``w_x·Σ + w_e·R`` with ``(w_x, w_e) = (1, 1)`` for ``"sum"`` and ``(1/2, 1/2)`` for ``"concat"``.
+
+Masks: absent key positions get weight 0 (``-inf`` before the softmax), so masked positions
+are excluded from attention exactly as neural-tangents' ``mask_constant`` mechanism does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .._validation import check_choice, check_nonnegative, check_positive_int
+from ..errors import ParameterError, ShapeError
+from .conv import is_zero_constant
+from .layers import Layer, Shape, State, require_single
+from .pooling import _require_full, _self_indices
+from .state import absent
+
+MECHANISMS = ("softmax", "identity", "abs", "relu")
+POS_EMB_TYPES = ("none", "sum", "concat")
+
+
+def attention_weights(logits: torch.Tensor, mechanism: str, mask: torch.Tensor | None) -> torch.Tensor:
+    """``mech(logits)`` over the last axis (the keys); ``mask (…, P)`` True = absent key.
+
+    Absent keys get weight 0: ``-inf`` before the softmax, 0 after the other mechanisms.
+    """
+    if mask is not None:
+        mask = mask.unsqueeze(-2)
+        if mechanism == "softmax":
+            logits = logits.masked_fill(mask, float("-inf"))
+        else:
+            logits = logits.masked_fill(mask, 0.0)
+    if mechanism == "softmax":
+        return torch.softmax(logits, dim=-1)
+    if mechanism == "abs":
+        return logits.abs()
+    if mechanism == "relu":
+        return logits.clamp(min=0)
+    return logits
+
+
+def position_covariance(
+    spatial: tuple[int, ...],
+    p_norm: float,
+    decay_fn: Callable | None,
+    dtype: torch.dtype,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """``R (P, P)``: ``decay(Σ_a |p_a − p'_a|^p_norm)`` over the positions (row-major), or ``I``."""
+    p = math.prod(spatial)
+    if decay_fn is None:
+        return torch.eye(p, dtype=dtype, device=device)
+    coords = torch.tensor(list(itertools.product(*[range(n) for n in spatial])), dtype=dtype, device=device)
+    dist = (coords[:, None, :] - coords[None, :, :]).abs().pow(p_norm).sum(-1)
+    out = decay_fn(dist)
+    return torch.as_tensor(out, dtype=dtype, device=device).reshape(p, p)
+
+
+class GlobalSelfAttention(Layer):
+    """Scaled dot-product self-attention over all positions (Hron et al. 2020).
+
+    Inputs ``(n, C, *S)``: sequences ``(n, C, T)``, images ``(n, C, H, W)`` (attention over
+    all ``H·W`` positions); output ``(n, n_chan_out, *S)``.
+
+    Args:
+        n_chan_out: output channels.
+        n_chan_key: key/query channels **per head** (as in neural-tangents; so any
+            ``n_heads`` works, no divisibility is needed).
+        n_chan_val: value channels per head.
+        n_heads: number of heads.
+        linear_scaling: ``True`` scales the key-query products by ``1/n_chan_key`` and ties
+            the key and query maps, which makes the kernel a closed form (module
+            docstring); ``False`` scales by ``1/√n_chan_key`` with independent maps — the
+            finite module supports it, the kernel has no closed form (raises).
+        W_key_std, W_query_std: enter the kernel only through their product.
+        W_value_std, W_out_std: enter the kernel only through their product.
+        b_std: output bias scale (``None``: no bias).
+        attention_mechanism: ``"softmax"``, ``"identity"``, ``"abs"`` or ``"relu"``.
+        pos_emb_type: ``"none"``, ``"sum"`` or ``"concat"`` (module docstring).
+        pos_emb_p_norm, pos_emb_decay_fn: position covariance
+            ``decay_fn(Σ_a |p_a − p'_a|^p_norm)`` (a function of a tensor of distances);
+            ``None``: the identity (independent embeddings per position).
+        val_pos_emb: also feed the positional embeddings to the values.
+
+    Kernel: module docstring; needs the full spatial covariance (evaluated on the pair
+    list of :mod:`ntkit.infinite.pairs`, as pooling). The kernel does not depend on the
+    channel and head counts, which set the finite module's widths.
+
+    Raises:
+        ParameterError: bad counts, stds or names.
+        ShapeError: flat ``(n, d)`` inputs (no positions to attend over).
+        NtkitError: ``linear_scaling=False`` in :meth:`kernel` (no closed form).
+    """
+
+    handles_masks = True
+
+    def __init__(
+        self,
+        n_chan_out: int,
+        n_chan_key: int,
+        n_chan_val: int,
+        n_heads: int,
+        linear_scaling: bool = True,
+        W_key_std: float = 1.0,
+        W_value_std: float = 1.0,
+        W_query_std: float = 1.0,
+        W_out_std: float = 1.0,
+        b_std: float | None = None,
+        attention_mechanism: str = "softmax",
+        pos_emb_type: str = "none",
+        pos_emb_p_norm: float = 2,
+        pos_emb_decay_fn: Callable | None = None,
+        val_pos_emb: bool = False,
+    ) -> None:
+        self.n_chan_out = check_positive_int(n_chan_out, "n_chan_out")
+        self.n_chan_key = check_positive_int(n_chan_key, "n_chan_key")
+        self.n_chan_val = check_positive_int(n_chan_val, "n_chan_val")
+        self.n_heads = check_positive_int(n_heads, "n_heads")
+        self.linear_scaling = bool(linear_scaling)
+        for value, name in ((W_key_std, "W_key_std"), (W_value_std, "W_value_std"),
+                            (W_query_std, "W_query_std"), (W_out_std, "W_out_std")):
+            check_nonnegative(value, name)
+        check_nonnegative(b_std, "b_std", allow_none=True)
+        self.W_key_std, self.W_value_std = float(W_key_std), float(W_value_std)
+        self.W_query_std, self.W_out_std = float(W_query_std), float(W_out_std)
+        self.b_std = None if b_std is None else float(b_std)
+        self.attention_mechanism = check_choice(
+            str(attention_mechanism).lower(), "attention_mechanism", MECHANISMS)
+        self.pos_emb_type = check_choice(str(pos_emb_type).lower(), "pos_emb_type", POS_EMB_TYPES)
+        check_nonnegative(pos_emb_p_norm, "pos_emb_p_norm")
+        self.pos_emb_p_norm = float(pos_emb_p_norm)
+        if pos_emb_decay_fn is not None and not callable(pos_emb_decay_fn):
+            raise ParameterError(f"pos_emb_decay_fn must be a function or None, got {pos_emb_decay_fn!r}")
+        self.pos_emb_decay_fn = pos_emb_decay_fn
+        self.val_pos_emb = bool(val_pos_emb)
+
+    def needs_full_spatial(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ helpers
+    def _weights(self) -> tuple[float, float]:
+        """``(w_x, w_e)``: weights of the input and embedding covariances (module docstring)."""
+        if self.pos_emb_type == "sum":
+            return 1.0, 1.0
+        if self.pos_emb_type == "concat":
+            return 0.5, 0.5
+        return 1.0, 0.0
+
+    def _check_positions(self, spatial: tuple[int, ...]) -> None:
+        if not spatial:
+            raise ShapeError(
+                "GlobalSelfAttention attends over positions but got flat (n, d) inputs with no "
+                "positions; give sequences (n, C, T) or images (n, C, H, W) (e.g. "
+                "x.reshape(n, C, T), or x[:, :, None] for a single token)"
+            )
+
+    # ------------------------------------------------------------------ kernel
+    def apply_kernel(self, state: State) -> State:
+        state = require_single(state, self)
+        self._check_positions(state.spatial)
+        if not self.linear_scaling:
+            raise ParameterError(
+                "GlobalSelfAttention(linear_scaling=False) has no closed-form infinite-width "
+                "kernel (Hron et al. 2020; neural-tangents raises too); use linear_scaling=True "
+                "(the finite module of either kind is available through arch.build)"
+            )
+        _require_full(state, self)
+        i1, i2 = _self_indices(state, self)
+        n = state.nngp.shape[0]
+        p = math.prod(state.spatial)
+        flat = state.nngp.reshape(n, p, p)
+        w_x, w_e = self._weights()
+        r = None
+        if self.pos_emb_type != "none":
+            r = position_covariance(state.spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn,
+                                    flat.dtype, flat.device)
+
+        # Attention weights of every example that occurs, from its covariance with itself.
+        occurring, inverse = torch.unique(torch.cat([i1, i2]), return_inverse=True)
+        own = flat[occurring]
+        if r is not None:
+            own = w_x * own + w_e * r
+        mask = absent(state, True)
+        mask = None if mask is None else mask.reshape(n, p)[occurring]
+        qk = self.W_query_std * self.W_key_std
+        g = attention_weights(qk * own, self.attention_mechanism, mask)
+        g1, g2 = g[inverse[:n]], g[inverse[n:]]
+
+        def weigh(t: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+            if extra is not None:
+                t = w_x * t + w_e * extra
+            return torch.matmul(torch.matmul(g1, t), g2.transpose(-1, -2))
+
+        ov2 = (self.W_out_std * self.W_value_std) ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        values = r if self.val_pos_emb else None
+        mixed = weigh(flat, values).mul_(ov2)  # OV²·G nngp Gᵀ
+        nngp = mixed + b2
+        ntk = None
+        if state.ntk is not None:
+            ntk = mixed * 2.0 + b2
+            if not is_zero_constant(state.ntk) or values is not None:
+                ntk_flat = state.ntk.reshape(n, p, p)
+                if is_zero_constant(state.ntk):
+                    ntk_flat = torch.zeros((), dtype=flat.dtype, device=flat.device).expand(n, p, p)
+                ntk = ntk + ov2 * weigh(ntk_flat, values)
+        spatial = state.spatial
+        diag1 = nngp[i1].diagonal(dim1=1, dim2=2).reshape(n, *spatial)
+        diag2 = diag1 if i2 is i1 else nngp[i2].diagonal(dim1=1, dim2=2).reshape(n, *spatial)
+        shape = (n, *spatial, *spatial)
+        return state.replace(
+            nngp=nngp.reshape(shape),
+            ntk=None if ntk is None else ntk.reshape(shape),
+            var1=diag1,
+            var2=diag2,
+            width=self.n_chan_out,
+            fresh=True,
+        )
+
+    # ------------------------------------------------------------------ finite module
+    def build_module(
+        self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype
+    ) -> tuple[nn.Module, Shape]:
+        from ..finite_modern import GlobalSelfAttentionModule
+
+        if not isinstance(in_shape, tuple):
+            raise ShapeError(
+                "GlobalSelfAttention received branches; merge them with FanInSum()/FanInConcat() first")
+        spatial = tuple(in_shape[1:])
+        self._check_positions(spatial)
+        r = None
+        if self.pos_emb_type != "none":
+            r = position_covariance(spatial, self.pos_emb_p_norm, self.pos_emb_decay_fn, dtype)
+        module = GlobalSelfAttentionModule(
+            in_shape[0], self, spatial=spatial, pos_cov=r, generator=generator, dtype=dtype
+        )
+        return module, (self.n_chan_out, *spatial)
