@@ -76,7 +76,7 @@ class Dropout(Layer):
             where = same.reshape(*same.shape, *(1,) * (2 * k)) & positions
         else:
             where = same.reshape(*same.shape, *(1,) * k)
-        scale = torch.where(where, factor, 1.0).to(state.nngp.dtype)
+        scale = where.to(state.nngp.dtype).mul_(factor - 1.0).add_(1.0)
         nngp = state.nngp * scale
         ntk = None if state.ntk is None else state.ntk * scale
         return state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2)

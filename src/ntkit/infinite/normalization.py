@@ -132,8 +132,10 @@ class LayerNorm(Layer):
         factor = scales.q11() * scales.q22()
         nngp = state.nngp * factor
         ntk = None if state.ntk is None else state.ntk * factor
-        var1 = state.var1 * s1 * s1
-        var2 = var1 if shared else state.var2 * s2 * s2
+        # Same rounding as the kernels (``nngp·(s1·s2)``), so that an example's covariance
+        # with itself keeps its diagonal equal to its variance bit for bit.
+        var1 = state.var1 * (s1 * s1)
+        var2 = var1 if shared else state.var2 * (s2 * s2)
         return state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, fresh=False)
 
     def build_module(
