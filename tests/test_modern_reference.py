@@ -136,7 +136,7 @@ def test_masked_attention_equals_explicit_sums_over_present_keys(mech):
     x = _x(3, 2, 4)
     present = np.array([[1, 1, 0, 1], [1, 1, 1, 1], [0, 1, 1, 0]], dtype=bool)
     k_in = _dense_input_kernel(x, 1.0, 0.2)
-    nngp, ntk = _attention_reference(k_in, k_in, present, mech, 1.0, 1.0, 0.0)
+    _, ntk = _attention_reference(k_in, k_in, present, mech, 1.0, 1.0, 0.0)
     readout = nk.serial(nk.Dense(8, 1.0, 0.2), nk.GlobalSelfAttention(8, 4, 4, 2, attention_mechanism=mech),
                         nk.GlobalAvgPool())
     got = readout.kernel(x, mask1=torch.from_numpy(~present))
@@ -216,7 +216,8 @@ def test_dense_on_channels_equals_a_one_by_one_convolution():
     standard = nk.Dense(8, 1.3, 0.2, parameterization="standard")
     torch.testing.assert_close(
         standard.kernel(x, get="ntk"),
-        nk.Conv(8, 1, W_std=1.3, b_std=0.2, parameterization="standard").kernel(x, get="ntk"), rtol=1e-12, atol=0)
+        nk.Conv(8, 1, W_std=1.3, b_std=0.2, parameterization="standard").kernel(x, get="ntk"),
+        rtol=1e-12, atol=0)
     # The finite module is a 1x1 convolution with the same weights.
     net = nk.Dense(7, 1.3, 0.2).build((3, 5), seed=0)
     w = net.weight.detach()
@@ -250,8 +251,8 @@ def test_dropout_scales_each_example_with_itself_by_one_over_rate():
     # Test mode and rate=1 are the identity; build translates the keep rate to torch's p.
     plain = nk.serial(nk.Dense(8, 1.5, 0.1), nk.Dense(1, 1.2, 0.3)).kernel(x)
     for layer in (nk.Dropout(rate, mode="test"), nk.Dropout(1.0)):
-        torch.testing.assert_close(nk.serial(nk.Dense(8, 1.5, 0.1), layer, nk.Dense(1, 1.2, 0.3)).kernel(x).ntk,
-                                   plain.ntk, rtol=0, atol=0)
+        with_layer = nk.serial(nk.Dense(8, 1.5, 0.1), layer, nk.Dense(1, 1.2, 0.3))
+        torch.testing.assert_close(with_layer.kernel(x).ntk, plain.ntk, rtol=0, atol=0)
     module = nk.Dropout(0.8).build((4,))
     assert isinstance(module, torch.nn.Dropout) and abs(module.p - 0.2) < 1e-15
     assert isinstance(nk.Dropout(0.8, mode="test").build((4,)), torch.nn.Identity)

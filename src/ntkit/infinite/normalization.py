@@ -72,6 +72,9 @@ class LayerNorm(Layer):
             raise ParameterError(f"LayerNorm eps must be a finite number >= 0, got {eps!r}")
         self.eps = float(eps)
 
+    def _shown(self):
+        return self.axis[0] if len(self.axis) == 1 else self.axis
+
     def resolve_axes(self, ndim: int) -> tuple[int, ...]:
         """The normalized axes of a batched ``ndim``-D input, non-negative and sorted."""
         shape = _describe(ndim)
@@ -79,20 +82,21 @@ class LayerNorm(Layer):
         for a in self.axis:
             if not -ndim <= a < ndim:
                 raise ShapeError(
-                    f"LayerNorm(axis={self.axis}) is out of range for inputs {shape} with {ndim} "
+                    f"LayerNorm(axis={self._shown()}) is out of range for inputs {shape} with {ndim} "
                     f"axes; give axes in 1..{ndim - 1}"
                 )
             out.add(a % ndim)
         if 0 in out:
             raise ShapeError(
-                f"LayerNorm(axis={self.axis}) includes the batch axis 0 of inputs {shape}; it "
+                f"LayerNorm(axis={self._shown()}) includes the batch axis 0 of inputs {shape}; it "
                 "normalizes each example on its own: give axes from 1 (channels) on"
             )
         if 1 not in out:
-            hint = "axis=1 (per position) or axis=(1, 2) (whole sequence)" if ndim == 3 else (
-                "axis=1 (per position) or axis=tuple(range(1, x.ndim)) (whole example)")
+            hint = "LayerNorm(axis=1) (per position) or LayerNorm(axis=(1, 2)) (whole sequence)" \
+                if ndim == 3 else ("LayerNorm(axis=1) (per position) or "
+                                   "LayerNorm(axis=tuple(range(1, x.ndim))) (whole example)")
             raise ShapeError(
-                f"LayerNorm(axis={self.axis}) on inputs {shape} does not normalize the channel "
+                f"LayerNorm(axis={self._shown()}) on inputs {shape} does not normalize the channel "
                 f"axis 1; the infinite-width kernel needs it (as in neural-tangents). Use {hint}"
             )
         return tuple(sorted(out))
@@ -101,7 +105,7 @@ class LayerNorm(Layer):
         count = channels * math.prod(spatial[a - 2] for a in axes if a >= 2)
         if count == 1:
             raise ShapeError(
-                f"LayerNorm(axis={self.axis}) normalizes a single entry per example (axis of size "
+                f"LayerNorm(axis={self._shown()}) normalizes a single entry per example (axis of size "
                 "1), which makes every output 0; normalize over more than one channel (give the "
                 "previous Dense/Conv a width > 1) or include more axes"
             )
