@@ -211,8 +211,8 @@ def test_wrong_image_rank_is_a_clear_error():
     module = nk.serial(Conv(4, 3), Flatten()).build((3, 5, 5), seed=0)
     with pytest.raises(ShapeError, match=r"\(n, 3, <2 spatial axes>\)"):
         module(torch.randn(2, 3, 5, dtype=torch.float64))
-    with pytest.raises(ShapeError, match="Flatten"):  # Dense needs flat inputs
-        nk.serial(Conv(4, 3), nk.Dense(1)).kernel(torch.randn(2, 1, 4, 4))
+    # Dense on images acts on the channels at every position (a 1x1 convolution, issue 16).
+    assert nk.serial(Conv(4, 3), nk.Dense(1)).kernel(torch.randn(2, 1, 4, 4), get="ntk").shape == (2, 2, 4, 4)
 
 
 def test_valid_window_larger_than_the_image_is_a_clear_error():

@@ -202,8 +202,8 @@ def test_bad_inputs_raise_ntkit_errors(data):
         arch.kernel(x1, x2[:, :3])
     with pytest.raises(nk.errors.ShapeError, match="empty"):
         arch.kernel(x1[:0])
-    with pytest.raises(nk.errors.ShapeError, match="Flatten"):
-        arch.kernel(torch.randn(3, 2, 4, 4))
+    # Images: Dense acts on the channels at every position (issue 16), the kernel stays spatial.
+    assert arch.kernel(torch.randn(3, 2, 4, 4), get="ntk").shape == (3, 3, 4, 4)
     with pytest.raises(nk.errors.ShapeError, match="numeric"):
         arch.kernel(np.array([["a", "b"]]))
     with pytest.raises(nk.errors.ParameterError, match="get must be"):
