@@ -6,19 +6,31 @@ it) in the same parameterization, so that the empirical kernels of the finite ne
 """
 
 from .activations import Elementwise
-from .combinators import FanInConcatModule, FanInSumModule, FanOutModule, Parallel, Serial
+from .attention import GlobalSelfAttentionModule
+from .combinators import (
+    FanInConcatModule,
+    FanInProdModule,
+    FanInSumModule,
+    FanOutModule,
+    Parallel,
+    Serial,
+)
 from .conv import NTKConv, check_images, pad_images
 from .dense import NTKDense
+from .normalization import LayerNormModule
 from .pooling import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
 
 __all__ = [
     "AvgPoolModule",
     "Elementwise",
     "FanInConcatModule",
+    "FanInProdModule",
     "FanInSumModule",
     "FanOutModule",
     "FlattenModule",
     "GlobalAvgPoolModule",
+    "GlobalSelfAttentionModule",
+    "LayerNormModule",
     "NTKConv",
     "NTKDense",
     "Parallel",

@@ -72,3 +72,13 @@ class FanInConcatModule(nn.Module):
 
     def forward(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return torch.cat(xs, dim=1)
+
+
+class FanInProdModule(nn.Module):
+    """Multiplies the branches elementwise."""
+
+    def forward(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        out = xs[0]
+        for x in xs[1:]:
+            out = out * x
+        return out

@@ -42,6 +42,7 @@ from torch import nn
 
 from .._validation import check_choice, check_nonnegative, check_positive_int
 from ..errors import ParameterError, ShapeError
+from ..finite.attention import GlobalSelfAttentionModule, attention_weights
 from .conv import is_zero_constant
 from .layers import Layer, Shape, State, require_single
 from .pooling import _require_full, _self_indices
@@ -49,26 +50,6 @@ from .state import absent
 
 MECHANISMS = ("softmax", "identity", "abs", "relu")
 POS_EMB_TYPES = ("none", "sum", "concat")
-
-
-def attention_weights(logits: torch.Tensor, mechanism: str, mask: torch.Tensor | None) -> torch.Tensor:
-    """``mech(logits)`` over the last axis (the keys); ``mask (…, P)`` True = absent key.
-
-    Absent keys get weight 0: ``-inf`` before the softmax, 0 after the other mechanisms.
-    """
-    if mask is not None:
-        mask = mask.unsqueeze(-2)
-        if mechanism == "softmax":
-            logits = logits.masked_fill(mask, float("-inf"))
-        else:
-            logits = logits.masked_fill(mask, 0.0)
-    if mechanism == "softmax":
-        return torch.softmax(logits, dim=-1)
-    if mechanism == "abs":
-        return logits.abs()
-    if mechanism == "relu":
-        return logits.clamp(min=0)
-    return logits
 
 
 def position_covariance(
@@ -253,8 +234,6 @@ class GlobalSelfAttention(Layer):
     def build_module(
         self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype
     ) -> tuple[nn.Module, Shape]:
-        from ..finite_modern import GlobalSelfAttentionModule
-
         if not isinstance(in_shape, tuple):
             raise ShapeError(
                 "GlobalSelfAttention received branches; merge them with FanInSum()/FanInConcat() first")

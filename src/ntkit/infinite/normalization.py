@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError, ShapeError
+from ..finite.normalization import LayerNormModule
 from .layers import Layer, Shape, State, require_single
 from .state import absent
 
@@ -145,8 +146,6 @@ class LayerNorm(Layer):
     def build_module(
         self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype
     ) -> tuple[nn.Module, Shape]:
-        from ..finite_modern import LayerNormModule
-
         if not isinstance(in_shape, tuple):
             raise ShapeError("LayerNorm received branches; merge them with FanInSum()/FanInConcat() first")
         axes = self.resolve_axes(1 + len(in_shape))

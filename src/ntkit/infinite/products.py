@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import ShapeError
+from ..finite.combinators import FanInProdModule
 from .layers import Layer, State
 
 
@@ -63,8 +64,6 @@ class FanInProd(Layer):
         )
 
     def build_module(self, in_shape, generator: torch.Generator, dtype: torch.dtype):
-        from ..finite_modern import FanInProdModule
-
         if not isinstance(in_shape, list):
             raise ShapeError("FanInProd needs branches; put FanOut(n) and parallel(...) before it")
         if any(s != in_shape[0] for s in in_shape):

@@ -1,8 +1,8 @@
-"""Finite modules of the normalization, dropout, product and attention layers.
+"""Finite self-attention that :class:`ntkit.infinite.attention.GlobalSelfAttention` builds.
 
-Each matches one layer of :mod:`ntkit.infinite` (``LayerNorm``, ``FanInProd``,
-``GlobalSelfAttention``) in the NTK parameterization. Inputs are channels first,
-``(n, C, *S)`` or ``(n, d)``; masks are boolean ``(n, *S)`` with ``True`` = position absent.
+NTK parameterization, the formulas of :mod:`ntkit.infinite.attention` (neural-tangents'
+``GlobalSelfAttention``; Hron et al. 2020). Inputs are channels first, ``(n, C, *S)``;
+masks are boolean ``(n, *S)`` with ``True`` = position absent.
 """
 
 from __future__ import annotations
@@ -12,48 +12,28 @@ import math
 import torch
 from torch import nn
 
-from .errors import ShapeError
-from .infinite.attention import attention_weights
+from ..errors import ShapeError
 
 
-class LayerNormModule(nn.Module):
-    """``(x − mean)/√(eps + var)`` over ``axes`` of the batched input (biased variance).
+def attention_weights(logits: torch.Tensor, mechanism: str, mask: torch.Tensor | None) -> torch.Tensor:
+    """``mech(logits)`` over the last axis (the keys); ``mask (…, P)`` True = absent key.
 
-    With a ``mask`` and spatial axes among ``axes``, absent positions are left out of the
-    mean and the variance (their outputs are computed but meaningless).
-    Shapes: ``(n, C, *S) -> (n, C, *S)`` or ``(n, d) -> (n, d)``.
+    Absent keys get weight 0: ``-inf`` before the softmax, 0 after the other mechanisms.
     """
-
-    takes_mask = True
-
-    def __init__(self, axes: tuple[int, ...], eps: float) -> None:
-        super().__init__()
-        self.axes, self.eps = tuple(axes), float(eps)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        dims = self.axes
-        if mask is None or not any(a >= 2 for a in dims):
-            mean = x.mean(dims, keepdim=True)
-            var = (x - mean).square().mean(dims, keepdim=True)
+    if mask is not None:
+        mask = mask.unsqueeze(-2)
+        if mechanism == "softmax":
+            logits = logits.masked_fill(mask, float("-inf"))
         else:
-            weight = (~mask).unsqueeze(1).to(x.dtype).expand_as(x)
-            count = weight.sum(dims, keepdim=True)
-            mean = (x * weight).sum(dims, keepdim=True) / count
-            var = ((x - mean).square() * weight).sum(dims, keepdim=True) / count
-        return (x - mean) * torch.rsqrt(var + self.eps)
+            logits = logits.masked_fill(mask, 0.0)
+    if mechanism == "softmax":
+        return torch.softmax(logits, dim=-1)
+    if mechanism == "abs":
+        return logits.abs()
+    if mechanism == "relu":
+        return logits.clamp(min=0)
+    return logits
 
-    def extra_repr(self) -> str:
-        return f"axes={self.axes}, eps={self.eps}"
-
-
-class FanInProdModule(nn.Module):
-    """Multiplies the branches elementwise."""
-
-    def forward(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        out = xs[0]
-        for x in xs[1:]:
-            out = out * x
-        return out
 
 
 class GlobalSelfAttentionModule(nn.Module):
