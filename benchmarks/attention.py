@@ -117,12 +117,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for ntkit")
     parser.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
+    parser.add_argument("--nt-python", type=Path, default=NT_PYTHON,
+                        help="python of a neural-tangents environment (default: .venv-nt)")
     parser.add_argument("--nt-memory-gb", type=float, default=18.0,
                         help="address-space cap of the neural-tangents process (0: none)")
     args = parser.parse_args()
-    have_nt = NT_PYTHON.exists() and not args.no_nt
+    have_nt = args.nt_python.exists() and not args.no_nt
     if not have_nt:
-        print(f"neural-tangents skipped: {NT_PYTHON} not found (bash scripts/setup_nt_venv.sh)"
+        print(f"neural-tangents skipped: {args.nt_python} not found (bash scripts/setup_nt_venv.sh)"
               if not args.no_nt else "neural-tangents skipped (--no-nt)")
     print(f"{'T':>4} {'n':>4} {'dtype':>8} | {'ntkit s':>8} {'RSS GB':>7} |"
           f" {'NT s':>8} {'NT GB':>6} | {'time ratio':>10} {'max rel diff':>12}")
@@ -135,7 +137,7 @@ def main() -> None:
                     ours_path, nt_path = Path(tmp, "ntkit.npy"), Path(tmp, "nt.npy")
                     ours = run_case(Path(sys.executable), NTKIT_CASE, env={"OMP_WAIT_POLICY": "PASSIVE"},
                                     out_path=ours_path, **params)
-                    theirs = (run_case(NT_PYTHON, NT_CASE, args.nt_memory_gb, out_path=nt_path, **params)
+                    theirs = (run_case(args.nt_python, NT_CASE, args.nt_memory_gb, out_path=nt_path, **params)
                               if have_nt else None)
                     line = f"{length:>4} {n:>4} {dtype:>8} | "
                     if "error" in ours:
