@@ -17,10 +17,13 @@ from .activations import (
 from .attention import GlobalSelfAttention
 from .combinators import FanInConcat, FanInSum, FanOut, mlp, parallel, serial
 from .conv import Conv
+from .custom import Elementwise
 from .dense import Dense
 from .dropout import Dropout
+from .exponential import Cos, Exp, ExpNormalized, Gaussian, Rbf, Sin
 from .layers import Layer
 from .normalization import LayerNorm
+from .polynomial import Hermite, Monomial, Polynomial, RectifiedMonomial, Sign
 from .pooling import AvgPool, Flatten, GlobalAvgPool
 from .products import FanInProd
 from .state import KernelState
@@ -32,24 +35,36 @@ __all__ = [
     "Activation",
     "AvgPool",
     "Conv",
+    "Cos",
     "Dense",
     "Dropout",
+    "Elementwise",
     "ElementwiseLayer",
     "Erf",
+    "Exp",
+    "ExpNormalized",
     "FanInConcat",
     "FanInProd",
     "FanInSum",
     "FanOut",
     "Flatten",
+    "Gaussian",
     "GlobalAvgPool",
     "GlobalSelfAttention",
+    "Hermite",
     "Identity",
     "KernelState",
     "Layer",
     "LayerNorm",
     "LeakyReLU",
+    "Monomial",
+    "Polynomial",
+    "Rbf",
     "ReLU",
+    "RectifiedMonomial",
     "Sigmoid",
+    "Sign",
+    "Sin",
     "Softplus",
     "Tanh",
     "mlp",

@@ -43,10 +43,16 @@ Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ElementwiseLayer(Layer):
-    """Base of activations: subclasses give ``fn`` and ``expectations``."""
+    """Base of activations: subclasses give ``fn`` and ``expectations``.
+
+    ``closed_form`` is ``True`` for activations whose kernel is an exact formula (its
+    gradients with respect to ``W_std``/``b_std`` are then exact, which ``nk.sklearn.NTK``
+    needs); quadrature activations leave it ``False``.
+    """
 
     name = "activation"
     handles_masks = True  # position-wise
+    closed_form = False
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -81,6 +87,8 @@ class ElementwiseLayer(Layer):
 
 class ABReLU(ElementwiseLayer):
     """``φ(z) = a·min(z, 0) + b·max(z, 0)``, in closed form (arc-cosine kernel)."""
+
+    closed_form = True
 
     def __init__(self, a: float, b: float) -> None:
         for value, label in ((a, "a"), (b, "b")):
@@ -197,30 +205,59 @@ class Abs(ABReLU):
 
 
 class Erf(ElementwiseLayer):
-    """``erf(z)``, in closed form (Williams 1997)."""
+    """``a·erf(b·z) + c``, in closed form (Williams 1997; neural-tangents' ``stax.Erf``).
 
-    name = "Erf"
+    ``E[φφ] = a²·E[erf(b·u) erf(b·v)] + c²`` (erf is odd, so the cross terms vanish) and
+    ``E[φ'φ'] = a²b²·E[erf'(b·u) erf'(b·v)]``: the formulas of the module docstring at the
+    variances scaled by ``b²``. ``Erf()`` is ``erf(z)``.
+    """
+
+    closed_form = True
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0) -> None:
+        for value, label in ((a, "a"), (b, "b"), (c, "c")):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ParameterError(f"Erf parameter {label} must be a finite number, got {value!r}")
+        self.a, self.b, self.c = float(a), float(b), float(c)
+        self._plain = (self.a, self.b, self.c) == (1.0, 1.0, 0.0)
+        self.name = "Erf" if self._plain else f"Erf(a={self.a}, b={self.b}, c={self.c})"
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.erf(x)
+        if self._plain:
+            return torch.erf(x)
+        return self.a * torch.erf(self.b * x) + self.c
 
     def expectations(self, q11, q22, q12, need_dot):
-        # With D = det(Σ + I/2) = det Σ + (q11 + q22)/2 + 1/4 (no cancellation; stable.root_det):
-        # 2q12/√((1 + 2q11)(1 + 2q22)) = q12/√(D + q12²), so arcsin(·) = atan2(q12, √D), and
-        # (1 + 2q11)(1 + 2q22) − 4q12² = 4D. Exact for a point with itself at any variance.
-        root = stable.root_det(q11, q22, q12, shift=0.5)
-        nngp = torch.atan2(q12, root) * (2 / math.pi)
-        dot = (2 / math.pi) / root if need_dot else None
-        return nngp, dot
+        if self._plain:
+            return _erf_expectations(q11, q22, q12, need_dot)
+        b2 = self.b**2
+        nngp, dot = _erf_expectations(q11 * b2, q22 * b2, q12 * b2, need_dot)
+        nngp = nngp * self.a**2 + self.c**2
+        return nngp, (dot * (self.a**2 * b2) if need_dot else None)
 
     def __repr__(self) -> str:
-        return "Erf()"
+        return "Erf()" if self._plain else f"Erf(a={self.a}, b={self.b}, c={self.c})"
+
+
+def _erf_expectations(q11, q22, q12, need_dot):
+    """``(E[erf u erf v], E[erf' u erf' v])`` (Williams 1997), in a stable form.
+
+    With ``D = det(Σ + I/2) = det Σ + (q11 + q22)/2 + 1/4`` (no cancellation;
+    ``stable.root_det``): ``2q12/√((1 + 2q11)(1 + 2q22)) = q12/√(D + q12²)``, so
+    ``arcsin(·) = atan2(q12, √D)``, and ``(1 + 2q11)(1 + 2q22) − 4q12² = 4D``. Exact for a
+    point with itself at any variance.
+    """
+    root = stable.root_det(q11, q22, q12, shift=0.5)
+    nngp = torch.atan2(q12, root) * (2 / math.pi)
+    dot = (2 / math.pi) / root if need_dot else None
+    return nngp, dot
 
 
 class Identity(ElementwiseLayer):
     """``φ(z) = z``: leaves both kernels unchanged."""
 
     name = "Identity"
+    closed_form = True
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -295,12 +332,6 @@ def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
     return s * (1 - s)
 
 
-def _gelu_derivative(x: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (1 + torch.erf(x / math.sqrt(2))) + x * torch.exp(-0.5 * x * x) / math.sqrt(
-        2 * math.pi
-    )
-
-
 class Tanh(Activation):
     """``tanh(z)`` by quadrature (no closed form)."""
 
@@ -315,11 +346,48 @@ class Sigmoid(Activation):
         super().__init__(torch.sigmoid, _sigmoid_derivative, degree, "Sigmoid")
 
 
-class GELU(Activation):
-    """The exact (erf-based) GELU ``z·Φ(z)`` by quadrature."""
+class GELU(ElementwiseLayer):
+    """GELU ``z·Φ(z)`` in closed form (Tsuchida et al. 2021, arXiv:2002.08517; neural-tangents).
 
-    def __init__(self, degree: int = 32) -> None:
-        super().__init__(torch.nn.functional.gelu, _gelu_derivative, degree, "GELU")
+    With ``P = (1 + q11)(1 + q22)``, ``Δ = P − q12² = 1 + q11 + q22 + (q11 q22 − q12²)`` and
+    ``α = atan2(q12, √Δ)`` (``= arcsin(q12/√P)``):
+
+    - ``E[φ(u)φ(v)] = q12/4 + (q12·α + (q11 q22·Δ + q12²)/(P·√Δ)) / (2π)``;
+    - ``E[φ'(u)φ'(v)] = 1/4 + α/(2π) + q12·((2 + q11 + q22)·Δ + P)/(2π·P·Δ^{3/2})``
+      (``∂/∂q12`` of the first, Price's theorem).
+
+    Derived by Gaussian integration by parts on ``Φ(u) = P(ξ ≤ u)``; every term is a sum of
+    non-negative parts, so there is no cancellation. ``approximate="tanh"`` changes only the
+    finite network (torch's tanh approximation), as in neural-tangents; the kernel stays the
+    exact GELU's.
+    """
+
+    closed_form = True
+
+    def __init__(self, approximate: str = "none") -> None:
+        if approximate not in ("none", "tanh"):
+            raise ParameterError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
+        self.approximate = approximate
+        self.name = "GELU" if approximate == "none" else "GELU(tanh)"
+
+    def fn(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x, approximate=self.approximate)
+
+    def expectations(self, q11, q22, q12, need_dot):
+        det = (q11 * q22 - q12 * q12).clamp(min=0)
+        prod = (1 + q11) * (1 + q22)
+        delta = (1 + q11 + q22) + det
+        root = torch.sqrt(delta)
+        alpha = torch.atan2(q12, root)
+        nngp = q12 * 0.25 + (q12 * alpha + (q11 * q22 * delta + q12 * q12) / (prod * root)) / (2 * math.pi)
+        dot = None
+        if need_dot:
+            extra = q12 * ((2 + q11 + q22) * delta + prod) / (prod * delta * root)
+            dot = 0.25 + (alpha + extra) / (2 * math.pi)
+        return nngp, dot
+
+    def __repr__(self) -> str:
+        return "GELU()" if self.approximate == "none" else f"GELU(approximate={self.approximate!r})"
 
 
 class Softplus(Activation):
