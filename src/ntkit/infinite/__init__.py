@@ -17,6 +17,7 @@ from .activations import (
 from .attention import GlobalSelfAttention
 from .combinators import FanInConcat, FanInSum, FanOut, mlp, parallel, serial
 from .conv import Conv
+from .conv_zoo import ConvLocal, ConvTranspose
 from .custom import Elementwise
 from .dense import Dense
 from .dropout import Dropout
@@ -26,7 +27,9 @@ from .normalization import LayerNorm
 from .polynomial import Hermite, Monomial, Polynomial, RectifiedMonomial, Sign
 from .pooling import AvgPool, Flatten, GlobalAvgPool
 from .products import FanInProd
+from .resize import ImageResize
 from .state import KernelState
+from .sum_pooling import GlobalSumPool, SumPool
 
 __all__ = [
     "GELU",
@@ -35,6 +38,8 @@ __all__ = [
     "Activation",
     "AvgPool",
     "Conv",
+    "ConvLocal",
+    "ConvTranspose",
     "Cos",
     "Dense",
     "Dropout",
@@ -51,8 +56,10 @@ __all__ = [
     "Gaussian",
     "GlobalAvgPool",
     "GlobalSelfAttention",
+    "GlobalSumPool",
     "Hermite",
     "Identity",
+    "ImageResize",
     "KernelState",
     "Layer",
     "LayerNorm",
@@ -66,6 +73,7 @@ __all__ = [
     "Sign",
     "Sin",
     "Softplus",
+    "SumPool",
     "Tanh",
     "mlp",
     "parallel",

@@ -9,6 +9,7 @@ import torch
 from .._validation import check_nonnegative, check_positive_int
 from ..errors import ParameterError, ShapeError
 from ..finite.combinators import FanInConcatModule, FanInSumModule, FanOutModule, Parallel, Serial
+from ..finite_zoo import ConcatModule
 from .activations import activation_from_name
 from .dense import Dense
 from .layers import Layer, State, require_single
@@ -154,17 +155,42 @@ class FanInSum(Layer):
 
 
 class FanInConcat(Layer):
-    """Concatenates the branches' features (axis 1); kernels average weighted by widths.
+    """Concatenates the branches along ``axis`` of the batched array (1 = channels).
 
-    The next layer's ``1/fan_in`` normalization makes the kernel of the concatenation
-    ``Σ_k (width_k / Σ width) · K_k``.
+    ``axis=1`` (default): the next layer's ``1/fan_in`` normalization makes the kernel of
+    the concatenation ``Σ_k (width_k / Σ width) · K_k``. ``axis >= 2`` (or negative, counted
+    from the end of ``(n, C, *S)``) concatenates along a spatial axis: the branches must
+    share their channel count and other spatial sizes; positions of branch ``k`` keep
+    ``K_k``, and two positions from different branches are uncorrelated — which holds when
+    all branches but at most one end in a random affine layer (Dense/Conv) after the
+    ``FanOut`` (as for ``FanInSum``; other merges raise when the full spatial covariance
+    is needed).
     """
 
     handles_masks = True
 
+    def __init__(self, axis: int = 1) -> None:
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise ParameterError(f"axis must be an int (1 = channels, 2... = spatial), got {axis!r}")
+        self.axis = int(axis)
+
+    def _spatial_axis(self, n_spatial: int) -> int | None:
+        """The spatial index the concatenation runs along, or ``None`` for the channels."""
+        ndim = 2 + n_spatial
+        axis = self.axis + ndim if self.axis < 0 else self.axis
+        if not 1 <= axis < ndim:
+            raise ShapeError(
+                f"FanInConcat axis {self.axis} is out of range for inputs of rank {ndim} "
+                "(n, C, *spatial); use 1 for channels or 2... for a spatial axis (0 is the batch)"
+            )
+        return None if axis == 1 else axis - 2
+
     def apply_kernel(self, state: State) -> State:
         states = _branches(state, self)
         first = states[0]
+        spatial_axis = self._spatial_axis(len(first.spatial))
+        if spatial_axis is not None:
+            return _concat_spatial(states, spatial_axis, self)
         if any(s.nngp.shape != first.nngp.shape for s in states):
             raise ShapeError("FanInConcat branches must share their spatial shape")
         total = sum(s.width for s in states)
@@ -186,13 +212,83 @@ class FanInConcat(Layer):
     def build_module(self, in_shape, generator, dtype):
         if not isinstance(in_shape, list):
             raise ShapeError("FanInConcat needs branches; put FanOut(n) before it")
-        rest = {tuple(s[1:]) for s in in_shape}
-        if len(rest) != 1:
-            raise ShapeError(f"FanInConcat branches must share their spatial shape: {in_shape}")
-        return FanInConcatModule(), (sum(s[0] for s in in_shape), *in_shape[0][1:])
+        spatial_axis = self._spatial_axis(len(in_shape[0]) - 1)
+        if spatial_axis is None:
+            rest = {tuple(s[1:]) for s in in_shape}
+            if len(rest) != 1:
+                raise ShapeError(f"FanInConcat branches must share their spatial shape: {in_shape}")
+            return FanInConcatModule(), (sum(s[0] for s in in_shape), *in_shape[0][1:])
+        k = 1 + spatial_axis
+        others = {tuple(s[:k]) + tuple(s[k + 1:]) for s in in_shape}
+        if len(others) != 1:
+            raise ShapeError(f"FanInConcat(axis={self.axis}) branches differ off that axis: {in_shape}")
+        out = list(in_shape[0])
+        out[k] = sum(s[k] for s in in_shape)
+        return ConcatModule(self.axis), tuple(out)
 
     def __repr__(self) -> str:
-        return "FanInConcat()"
+        return "FanInConcat()" if self.axis == 1 else f"FanInConcat(axis={self.axis})"
+
+
+def _concat_spatial(states, d: int, layer: Layer) -> KernelState:
+    """Concatenation along spatial axis ``d`` (see :class:`FanInConcat`)."""
+    first = states[0]
+    if any(s.side1 and "mask" in s.side1 for s in states):
+        raise ShapeError(
+            f"FanInConcat(axis={layer.axis}) along a spatial axis cannot carry masks of absent "
+            "positions; concatenate along the channels (axis=1) or drop the masks"
+        )
+    for s in states[1:]:
+        if s.width != first.width or len(s.spatial) != len(first.spatial) or any(
+            a != b for i, (a, b) in enumerate(zip(s.spatial, first.spatial)) if i != d
+        ):
+            raise ShapeError(
+                f"FanInConcat(axis={layer.axis}) branches must share their channel count and the "
+                f"other spatial sizes; got widths {first.width}, {s.width} and shapes "
+                f"{first.spatial}, {s.spatial}"
+            )
+    batch = 1 if first.diagonal else 2
+    spatial = list(first.spatial)
+    spatial[d] = sum(s.spatial[d] for s in states)
+    n_sp = len(first.spatial)
+
+    def diag_cat(field: str, axis: int) -> torch.Tensor:
+        return torch.cat([getattr(s, field) for s in states], dim=axis)
+
+    if first.full_spatial:
+        not_fresh = sum(not s.fresh for s in states)
+        if not_fresh > 1:
+            raise ShapeError(
+                f"FanInConcat(axis={layer.axis}) got {not_fresh} branches that do not end in a "
+                "Dense/Conv layer: the covariance between their positions is unknown. End all "
+                "branches but one with a Dense/Conv"
+            )
+
+        def block(field: str) -> torch.Tensor:
+            parts = [getattr(s, field) for s in states]
+            shape = list(parts[0].shape)
+            a1, a2 = batch + d, batch + n_sp + d
+            shape[a1] = shape[a2] = spatial[d]
+            out = parts[0].new_zeros(shape)
+            start = 0
+            for t in parts:
+                size = t.shape[a1]
+                index = [slice(None)] * t.ndim
+                index[a1] = index[a2] = slice(start, start + size)
+                out[tuple(index)] = t
+                start += size
+            return out
+
+        nngp = block("nngp")
+        ntk = None if first.ntk is None else block("ntk")
+    else:
+        nngp = diag_cat("nngp", batch + d)
+        ntk = None if first.ntk is None else diag_cat("ntk", batch + d)
+    var1 = diag_cat("var1", 1 + d)
+    same_vars = all(s.var2 is s.var1 for s in states)
+    var2 = var1 if same_vars else diag_cat("var2", 1 + d)
+    return first.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, spatial=tuple(spatial),
+                         fresh=all(s.fresh for s in states))
 
 
 def serial(*layers: Layer) -> Layer:

@@ -24,6 +24,7 @@ from torch import nn
 from .._validation import check_choice
 from ..errors import NtkitError, ShapeError
 from ..finite.pooling import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
+from ..finite_zoo import WindowPoolModule
 from ..spatial import PADDINGS, as_tuple, check_window, geometry
 from ._spatial import window_sum
 from .conv import resolve_window, spatial_rank_error
@@ -92,19 +93,44 @@ class AvgPool(Layer):
 
     ``stride=None`` means ``stride = kernel_size`` (torch's default); ``padding`` is
     ``"valid"`` (default), ``"same"`` (zeros, counted in the mean) or ``"circular"``.
+    ``normalize_edges=True``: a border window of ``"same"`` padding averages over the
+    positions it covers only (as neural-tangents' ``AvgPool(normalize_edges=True)`` and
+    torch's ``count_include_pad=False``): ``K'[p, p'] = Σ K[..] / (c(p)·c(p'))`` with
+    ``c(p)`` the number of in-image positions of window ``p``.
     Needs the full spatial covariance: input ``(N, *S, *S)``, output ``(N, *S', *S')``
     (pair axes ``(n1, n2)`` or the flat pair list of the engine).
     """
+
+    #: ``True`` for SumPool: the window sums are not divided by the window size.
+    _sum = False
 
     def __init__(
         self,
         kernel_size: int | tuple[int, ...],
         stride: int | tuple[int, ...] | None = None,
         padding: str = "valid",
+        normalize_edges: bool = False,
     ) -> None:
         self.kernel_size = as_tuple(kernel_size, "kernel_size")
         self.stride = self.kernel_size if stride is None else as_tuple(stride, "stride")
         self.padding = check_choice(padding, "padding", PADDINGS)
+        self.normalize_edges = bool(normalize_edges)
+
+    def _divisor(self, spatial, kernel, stride, batch: int, like: torch.Tensor):
+        """What the window sums are divided by: a number, or per output position pair."""
+        if self._sum:
+            return 1.0
+        if not (self.normalize_edges and self.padding == "same"):
+            return float(math.prod(kernel) ** 2)
+        counts = [
+            window_sum(like.new_ones(n), [(0,)], n, k, s, self.padding)
+            for n, k, s in zip(spatial, kernel, stride)
+        ]
+        grid = counts[0]
+        for c in counts[1:]:
+            grid = grid[..., None] * c
+        d = len(spatial)
+        return (grid.reshape(grid.shape + (1,) * d) * grid).reshape((1,) * batch + 2 * grid.shape)
 
     def needs_full_spatial(self) -> bool:
         return True
@@ -120,12 +146,12 @@ class AvgPool(Layer):
         _require_full(state, self)
         batch = 1 if state.diagonal else 2
         d = len(state.spatial)
-        norm = 1.0 / math.prod(kernel) ** 2
+        divisor = self._divisor(state.spatial, kernel, stride, batch, state.nngp)
 
         def pool(t: torch.Tensor) -> torch.Tensor:
             for i, (n, k, s) in enumerate(zip(state.spatial, kernel, stride)):
                 t = window_sum(t, [(batch + i,), (batch + d + i,)], n, k, s, self.padding)
-            return t.mul_(norm)
+            return t if isinstance(divisor, float) and divisor == 1.0 else t.div_(divisor)
 
         out_spatial = tuple(
             geometry(n, k, s, self.padding)[0] for n, k, s in zip(state.spatial, kernel, stride)
@@ -153,7 +179,15 @@ class AvgPool(Layer):
         spatial = in_shape[1:]
         kernel, stride = self._window(spatial)
         out = tuple(geometry(n, k, s, self.padding)[0] for n, k, s in zip(spatial, kernel, stride))
+        if self._sum or self.normalize_edges:
+            mode = "sum" if self._sum else "mean_covered"
+            return WindowPoolModule(kernel, stride, self.padding, mode), (in_shape[0], *out)
         return AvgPoolModule(kernel, stride, self.padding), (in_shape[0], *out)
+
+    def __repr__(self) -> str:
+        edges = ", normalize_edges=True" if self.normalize_edges else ""
+        return (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding!r}{edges})")
 
 
 class GlobalAvgPool(Layer):
