@@ -397,27 +397,8 @@ class Softplus(Activation):
         super().__init__(torch.nn.functional.softplus, torch.sigmoid, degree, "Softplus")
 
 
-_BY_NAME: dict[str, Callable[[], ElementwiseLayer]] = {
-    "relu": ReLU,
-    "erf": Erf,
-    "abs": Abs,
-    "identity": Identity,
-    "linear": Identity,
-    "tanh": Tanh,
-    "sigmoid": Sigmoid,
-    "gelu": GELU,
-    "softplus": Softplus,
-    "leaky_relu": LeakyReLU,
-}
-
-
 def activation_from_name(name: str | Layer) -> Layer:
-    """A layer from a name such as ``"relu"`` (or the layer itself)."""
-    if isinstance(name, Layer):
-        return name
-    key = str(name).lower()
-    if key not in _BY_NAME:
-        raise ParameterError(
-            f"unknown activation {name!r}; use one of {', '.join(sorted(_BY_NAME))} or a Layer"
-        )
-    return _BY_NAME[key]()
+    """A layer from a name such as ``"relu"`` or ``"hermite(3)"``; see :mod:`ntkit.infinite.names`."""
+    from .names import activation_from_name as lookup
+
+    return lookup(name)

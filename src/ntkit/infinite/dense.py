@@ -6,8 +6,9 @@ import torch
 from torch import nn
 
 from .._validation import check_choice, check_nonnegative, check_positive_int
-from ..errors import ShapeError
+from ..errors import ParameterError, ShapeError
 from ..finite.dense import NTKDense
+from ..finite_zoo import ScaledStandardDense
 from .layers import Layer, Shape, State, require_single
 
 PARAMETERIZATIONS = ("ntk", "standard")
@@ -28,6 +29,12 @@ class Dense(Layer):
     respect to the unscaled weights carries the fan-in; Sohl-Dickstein et al. 2020), so this
     kernel grows with the stated widths.
 
+    ``s=(s_in, s_out)`` (standard parameterization only; neural-tangents' ``s``, Sohl-Dickstein
+    et al. 2020): the finite layer has ``s_in·d`` inputs and ``s_out·width`` outputs,
+    ``z = W x/√s_in + b`` with ``W ~ N(0, W_std²·s_in/fan_in)``; the NNGP is unchanged and
+    the NTK's fan-in factor is the base width ``fan_in/s_in``. The first layer needs
+    ``s_in = 1`` and each layer's ``s_in`` the previous layer's ``s_out``.
+
     ``b_std=None`` means no bias. ``W_std``/``b_std`` may be 0-dim tensors with
     ``requires_grad`` to differentiate kernels with respect to them.
 
@@ -47,6 +54,7 @@ class Dense(Layer):
         W_std: float = 1.0,
         b_std: float | None = None,
         parameterization: str = "ntk",
+        s: tuple[int, int] = (1, 1),
     ) -> None:
         self.width = check_positive_int(width, "width")
         check_nonnegative(W_std, "W_std")
@@ -54,6 +62,7 @@ class Dense(Layer):
         self.W_std = _as_scalar(W_std)
         self.b_std = None if b_std is None else _as_scalar(b_std)
         self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)
+        self.s = _check_s(s, self.parameterization)
 
     def apply_kernel(self, state: State) -> State:
         state = require_single(state, self)
@@ -66,13 +75,13 @@ class Dense(Layer):
                 ntk = nngp + w2 * state.ntk
             else:
                 bias_term = 0.0 if self.b_std is None else 1.0
-                ntk = state.width * state.nngp + bias_term + w2 * state.ntk
+                ntk = (state.width / self.s[0]) * state.nngp + bias_term + w2 * state.ntk
         return state.replace(
             nngp=nngp,
             ntk=ntk,
             var1=w2 * state.var1 + b2,
             var2=w2 * state.var2 + b2,
-            width=self.width,
+            width=self.width * self.s[1],
             fresh=True,
         )
 
@@ -84,8 +93,28 @@ class Dense(Layer):
                 f"Dense expects one input of shape (d,) or (C, *spatial), got {in_shape}; "
                 "merge branches with FanInSum()/FanInConcat() first"
             )
+        if self.s != (1, 1):
+            module = ScaledStandardDense(in_shape[0], self.width * self.s[1], self.s[0], self.W_std,
+                                         self.b_std, generator, dtype)
+            return module, (self.width * self.s[1], *in_shape[1:])
         module = NTKDense(
             in_shape[0], self.width, W_std=self.W_std, b_std=self.b_std,
             parameterization=self.parameterization, generator=generator, dtype=dtype,
         )
         return module, (self.width, *in_shape[1:])
+
+
+def _check_s(s, parameterization: str) -> tuple[int, int]:
+    """``s`` as a pair of ints >= 1; only ``(1, 1)`` with the NTK parameterization."""
+    try:
+        pair = tuple(s)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+        raise ParameterError(f"s must be a pair of integers >= 1 (s_in, s_out), got {s!r}")
+    if pair != (1, 1) and parameterization != "standard":
+        raise ParameterError(
+            f"s={pair} scales widths in the standard parameterization only; pass "
+            "parameterization='standard' (the NTK parameterization's kernel does not depend on s)"
+        )
+    return (int(pair[0]), int(pair[1]))

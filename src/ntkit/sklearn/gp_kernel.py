@@ -10,12 +10,9 @@ from sklearn.gaussian_process.kernels import Hyperparameter
 from sklearn.gaussian_process.kernels import Kernel as _SKKernel
 
 from ..errors import NonFiniteError, ParameterError
-from ..infinite import ABReLU, Erf, Identity, Layer
+from ..infinite import Layer
 from ..infinite.activations import activation_from_name
 from .kernel_function import _SQRT2, _as_matrix, _check_arch_params
-
-#: Activations whose kernel has a closed form (exact gradients in :class:`NTK`).
-_CLOSED_FORM = (ABReLU, Erf, Identity)
 
 
 class NTK(_SKKernel):
@@ -27,8 +24,10 @@ class NTK(_SKKernel):
     ``W_std_bounds`` / ``b_std_bounds`` (pass ``"fixed"`` to freeze one); ``b_std=None``
     (no bias) is always fixed. The gradient ``∂K/∂log θ`` is computed by torch autograd
     through the kernel recursion of ``nk.mlp`` (exact, not finite differences); it needs an
-    activation with a closed-form kernel: ReLU, leaky ReLU, abs, erf or identity.
-    Quadrature activations (tanh, GELU, ...) can be used with ``optimizer=None``.
+    activation with a closed-form kernel: every name of ``ntkit.infinite.names`` but tanh,
+    sigmoid and softplus (ReLU, GELU, erf, sin, cos, rbf, exp, gaussian, sign,
+    ``"hermite(n)"``, ``"monomial(n)"``, ``"rectified_monomial(n)"``, ``"polynomial([...])"``,
+    ...). Quadrature activations (tanh, ...) can be used with ``optimizer=None``.
 
     Args:
         depth: Dense layers of ``nk.mlp`` including the readout (>= 1).
@@ -87,10 +86,10 @@ class NTK(_SKKernel):
         if Y is not None:
             raise ValueError("Gradient can only be evaluated when Y is None.")
         act = activation_from_name(self.activation)
-        if not isinstance(act, _CLOSED_FORM):
+        if not getattr(act, "closed_form", False):
             raise ParameterError(
-                f"NTK gradients need an activation with a closed-form kernel (relu, leaky_relu, "
-                f"abs, erf, identity), got {self.activation!r}; use one of those, or "
+                f"NTK gradients need an activation with a closed-form kernel (relu, gelu, erf, "
+                f"sin, rbf, hermite(n), ...), got {self.activation!r}; use one of those, or "
                 "GaussianProcessRegressor(optimizer=None) to keep W_std/b_std fixed"
             )
         free = [h.name for h in self.hyperparameters if not h.fixed]
