@@ -61,3 +61,18 @@ def check_window(
             f"{what} window {kernel} is larger than the image {spatial} with padding='valid'; "
             "use padding='same' (or 'circular'), a smaller window, or larger images"
         )
+
+
+def transpose_padding(k: int, s: int, padding: str) -> tuple[int, int]:
+    """``(before, after)`` zero padding of the stride-dilated input of a transposed convolution.
+
+    The geometry of ``jax.lax.conv_transpose`` (used by neural-tangents): ``"same"`` gives
+    ``n·s`` outputs, ``"valid"`` gives ``n·s + max(k − s, 0)``.
+    """
+    if padding == "same":
+        total = k + s - 2
+        before = k - 1 if s > k - 1 else -(-total // 2)
+    else:
+        total = k + s - 2 + max(k - s, 0)
+        before = k - 1
+    return before, total - before

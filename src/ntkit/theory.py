@@ -29,10 +29,7 @@ from ._validation import as_tensor, check_choice, check_positive_int, resolve_dt
 from .errors import ParameterError, ShapeError
 from .infinite import stable
 from .infinite.activations import (
-    ABReLU,
     ElementwiseLayer,
-    Erf,
-    Identity,
     activation_from_name,
 )
 from .infinite.quadrature import autograd_derivative, gaussian_expectation
@@ -60,7 +57,7 @@ def _resolve(activation: str | Fn | ElementwiseLayer) -> tuple[Fn, Fn, Elementwi
 
 
 def _has_closed_form(layer: ElementwiseLayer | None) -> bool:
-    return isinstance(layer, (ABReLU, Erf, Identity))
+    return bool(getattr(layer, "closed_form", False))
 
 
 def slides_scale(activation: str | Fn | ElementwiseLayer = "relu") -> float:

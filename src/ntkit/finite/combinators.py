@@ -68,10 +68,14 @@ class FanInSumModule(nn.Module):
 
 
 class FanInConcatModule(nn.Module):
-    """Concatenates the branches along the feature/channel axis (axis 1)."""
+    """Concatenates the branches along ``axis`` of the batched array (1: channels)."""
+
+    def __init__(self, axis: int = 1) -> None:
+        super().__init__()
+        self.axis = axis
 
     def forward(self, xs: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return torch.cat(xs, dim=1)
+        return torch.cat(xs, dim=self.axis)
 
 
 class FanInProdModule(nn.Module):

@@ -60,3 +60,27 @@ class NTKDense(nn.Module):
             f"{self.in_features}, {self.out_features}, W_std={self.W_std}, b_std={self.b_std}, "
             f"parameterization={self.parameterization!r}"
         )
+
+
+class ScaledStandardDense(nn.Module):
+    """Standard-parameterization affine layer with width scalings (Sohl-Dickstein et al. 2020).
+
+    ``z = W x/√s_in + b`` with ``W ~ N(0, W_std²·s_in/in_features)``, ``b ~ N(0, b_std²)``
+    (neural-tangents' ``Dense(parameterization="standard", s=(s_in, s_out))``; the caller
+    passes ``out_features = s_out·width``). Shapes: ``(n, in_features, *S) -> (n, out_features, *S)``.
+    """
+
+    def __init__(self, in_features, out_features, s_in, W_std, b_std, generator, dtype):
+        super().__init__()
+        self.in_features, self.out_features, self.s_in = in_features, out_features, s_in
+        std = float(W_std) * math.sqrt(s_in / in_features)
+        weight = torch.randn(out_features, in_features, generator=generator, dtype=dtype)
+        self.weight = nn.Parameter(weight * std)
+        self.bias = None if b_std is None else nn.Parameter(
+            torch.randn(out_features, generator=generator, dtype=dtype) * float(b_std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.movedim(torch.movedim(x, 1, -1) @ self.weight.T / math.sqrt(self.s_in), -1, 1)
+        if self.bias is not None:
+            out = out + self.bias.reshape(-1, *([1] * (x.ndim - 2)))
+        return out

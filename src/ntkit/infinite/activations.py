@@ -374,10 +374,9 @@ class GELU(ElementwiseLayer):
         return torch.nn.functional.gelu(x, approximate=self.approximate)
 
     def expectations(self, q11, q22, q12, need_dot):
-        det = (q11 * q22 - q12 * q12).clamp(min=0)
+        root = stable.root_det(q11, q22, q12, shift=1.0)  # √Δ, Δ = det(Σ + I): no cancellation
+        delta = root * root
         prod = (1 + q11) * (1 + q22)
-        delta = (1 + q11 + q22) + det
-        root = torch.sqrt(delta)
         alpha = torch.atan2(q12, root)
         nngp = q12 * 0.25 + (q12 * alpha + (q11 * q22 * delta + q12 * q12) / (prod * root)) / (2 * math.pi)
         dot = None

@@ -9,7 +9,6 @@ import torch
 from .._validation import check_nonnegative, check_positive_int
 from ..errors import ParameterError, ShapeError
 from ..finite.combinators import FanInConcatModule, FanInSumModule, FanOutModule, Parallel, Serial
-from ..finite_zoo import ConcatModule
 from .activations import activation_from_name
 from .dense import Dense
 from .layers import Layer, State, require_single
@@ -224,7 +223,7 @@ class FanInConcat(Layer):
             raise ShapeError(f"FanInConcat(axis={self.axis}) branches differ off that axis: {in_shape}")
         out = list(in_shape[0])
         out[k] = sum(s[k] for s in in_shape)
-        return ConcatModule(self.axis), tuple(out)
+        return FanInConcatModule(self.axis), tuple(out)
 
     def __repr__(self) -> str:
         return "FanInConcat()" if self.axis == 1 else f"FanInConcat(axis={self.axis})"

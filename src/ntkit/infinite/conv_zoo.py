@@ -3,7 +3,7 @@
 **ConvTranspose** (the upsampling layer of U-Nets; neural-tangents' ``stax.ConvTranspose``):
 the input is dilated by the stride (``s − 1`` zeros between positions), zero-padded by
 ``(before, after)`` (``jax.lax.conv_transpose``'s geometry: ``"same"`` gives ``n·s``
-outputs, ``"valid"`` ``n·s + max(k − s, 0)``; see :func:`ntkit.finite_zoo.transpose_padding`)
+outputs, ``"valid"`` ``n·s + max(k − s, 0)``; see :func:`ntkit.spatial.transpose_padding`)
 and convolved with stride 1. Its kernel is therefore the CNTK recursion of
 :mod:`ntkit.infinite.conv` on the dilated, padded covariance ``K̃`` (dilated along both
 position axes): ``nngp'[p, p'] = (W_std²/|K|)·Σ_o K̃[p + o, p' + o] + b_std²``,
@@ -25,8 +25,8 @@ from torch import nn
 
 from .._validation import check_choice, check_nonnegative, check_positive_int
 from ..errors import ShapeError
-from ..finite_zoo import ConvTransposeModule, LocalConvModule, dilate_and_pad, transpose_padding
-from ..spatial import as_tuple, check_window, geometry
+from ..finite.conv_zoo import ConvTransposeModule, LocalConvModule, dilate_and_pad
+from ..spatial import as_tuple, check_window, geometry, transpose_padding
 from ._spatial import window_sum
 from .conv import Conv, _scalar, add_scaled, is_zero_constant, resolve_window, scale_shift, spatial_axes
 from .layers import Layer, Shape, State, require_single

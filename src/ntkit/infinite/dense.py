@@ -7,8 +7,7 @@ from torch import nn
 
 from .._validation import check_choice, check_nonnegative, check_positive_int
 from ..errors import ParameterError, ShapeError
-from ..finite.dense import NTKDense
-from ..finite_zoo import ScaledStandardDense
+from ..finite.dense import NTKDense, ScaledStandardDense
 from .layers import Layer, Shape, State, require_single
 
 PARAMETERIZATIONS = ("ntk", "standard")

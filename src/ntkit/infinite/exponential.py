@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import NtkitError, ParameterError
-from ._closed import inverse_sqrt
+from . import stable
 from .activations import ElementwiseLayer
 
 
@@ -72,7 +72,7 @@ class Sin(ElementwiseLayer):
 
     def expectations(self, q11, q22, q12, need_dot):
         b2, a2 = self.b**2, self.a**2
-        diff = ((q11 - q12) + (q22 - q12)).clamp(min=0)
+        diff = stable.difference_variance(q11, q22, q12)
         x = torch.exp(diff * (-b2 / 2))
         y = torch.exp((q11 + q22 + 2 * q12) * (-b2 / 2))
         x_minus_y = _x_minus_y(x, y, b2, q12)
@@ -113,7 +113,7 @@ class Rbf(ElementwiseLayer):
         return math.sqrt(2) * torch.sin(math.sqrt(2 * self.gamma) * x + math.pi / 4)
 
     def expectations(self, q11, q22, q12, need_dot):
-        diff = ((q11 - q12) + (q22 - q12)).clamp(min=0)
+        diff = stable.difference_variance(q11, q22, q12)
         nngp = torch.exp(diff * -self.gamma)
         return nngp, (nngp * (2 * self.gamma) if need_dot else None)
 
@@ -159,8 +159,12 @@ class Gaussian(ElementwiseLayer):
         return self.a * torch.exp(self.b * x * x)
 
     def expectations(self, q11, q22, q12, need_dot):
-        b = self.b
-        det = (q11 * q22 - q12 * q12).clamp(min=0)
+        b, a2 = self.b, self.a**2
+        if b < 0:  # Δ = 4b²·det(Σ + I/(2|b|)): every term non-negative (stable.root_det)
+            root = stable.root_det(q11, q22, q12, shift=-0.5 / b) * (-2 * b)
+            nngp = a2 / root
+            return nngp, (q12 * (4 * a2 * b * b) / root**3 if need_dot else None)
+        det = stable.root_det(q11, q22, q12) ** 2
         delta = 1 - 2 * b * (q11 + q22) + (4 * b * b) * det
         if b > 0 and not bool(((delta > 0) & (1 - 2 * b * q11 > 0) & (1 - 2 * b * q22 > 0)).all()):
             raise NtkitError(
@@ -200,12 +204,12 @@ class ExpNormalized(ElementwiseLayer):
         raise NtkitError("ExpNormalized has no elementwise finite counterpart (it normalizes by q)")
 
     def expectations(self, q11, q22, q12, need_dot):
-        i1, i2 = inverse_sqrt(q11), inverse_sqrt(q22)
+        i1, i2 = stable.inverse_sqrt(q11), stable.inverse_sqrt(q22)
         rho = q12 * i1 * i2
         if self.do_clip:
             rho = rho.clamp(-1.0, 1.0)
         factor = torch.exp((rho + self.shift) * self.gamma)
-        root_prod = torch.sqrt(q11.clamp(min=0)) * torch.sqrt(q22.clamp(min=0))
+        root_prod = stable.root_product(q11, q22)
         nngp = root_prod * factor
         return nngp, (factor * self.gamma if need_dot else None)
 

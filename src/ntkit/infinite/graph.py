@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import NtkitError, ShapeError
-from ..finite_zoo import AggregateModule
+from ..finite.graph import AggregateModule
 from .layers import Layer, Shape, State, require_single
 from .pooling import _require_full, _self_diagonal, _self_indices
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ParameterError
-from ._closed import angle
+from . import stable
 from .activations import ElementwiseLayer
 
 
@@ -178,7 +178,8 @@ class RectifiedMonomial(ElementwiseLayer):
 
     def expectations(self, q11, q22, q12, need_dot):
         n = self.degree
-        theta, root_det = angle(q11, q22, q12)
+        root_det = stable.root_det(q11, q22, q12)
+        theta = stable.angle(q11, q22, q12, root_det)
         det = root_det * root_det
         nngp = _rectified_k(n, q12, det, theta, root_det) / (2 * math.pi)
         dot = None
@@ -207,7 +208,7 @@ class Sign(ElementwiseLayer):
         return torch.sign(x)
 
     def expectations(self, q11, q22, q12, need_dot):
-        theta, _ = angle(q11, q22, q12)
+        theta = stable.angle(q11, q22, q12)
         nngp = 1 - theta * (2 / math.pi)
         zero = (q11 <= 0) | (q22 <= 0)
         if bool(zero.any()):

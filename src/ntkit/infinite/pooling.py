@@ -24,7 +24,7 @@ from torch import nn
 from .._validation import check_choice
 from ..errors import NtkitError, ShapeError
 from ..finite.pooling import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
-from ..finite_zoo import WindowPoolModule
+from ..finite.sum_pooling import WindowPoolModule
 from ..spatial import PADDINGS, as_tuple, check_window, geometry
 from ._spatial import window_sum
 from .conv import resolve_window, spatial_rank_error

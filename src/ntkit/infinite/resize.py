@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import ParameterError, ShapeError
-from ..finite_zoo import ResizeModule
+from ..finite.resize import ResizeModule
 from .conv import spatial_axes, spatial_rank_error
 from .layers import Layer, Shape, State, require_single
 from .pooling import _require_full, _self_diagonal, _self_indices

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..errors import ShapeError
-from ..finite_zoo import GlobalSumPoolModule
+from ..finite.sum_pooling import GlobalSumPoolModule
 from .layers import Shape, State, require_single
 from .pooling import AvgPool, GlobalAvgPool
 
