@@ -69,6 +69,45 @@ def position_covariance(
     return torch.as_tensor(out, dtype=dtype, device=device).reshape(p, p)
 
 
+class Groups:
+    """The pairs of a flat pair list grouped by the example whose weights they use.
+
+    ``index (N,)``: for every pair, the row of the weights tensor to use. ``order`` sorts
+    the pairs by it, ``bounds`` lists ``(row, start, end)`` of each run in that order.
+    """
+
+    def __init__(self, index: torch.Tensor) -> None:
+        self.order = torch.argsort(index, stable=True)
+        rows, counts = torch.unique_consecutive(index[self.order], return_counts=True)
+        ends = counts.cumsum(0).tolist()
+        starts = [0, *ends[:-1]]
+        self.bounds = list(zip(rows.tolist(), starts, ends))
+
+
+def sandwich(g: torch.Tensor, left: Groups, right: Groups, t: torch.Tensor) -> torch.Tensor:
+    """``out[k] = g[l_k] @ t[k] @ g[r_k]ᵀ`` for ``t (N, P, P)``, ``g (U, P, P)``.
+
+    Pairs that share an example share its weights, so each example's weights multiply all
+    of its pairs in one ``(m·P, P) @ (P, P)`` product (batched ``P×P`` products are many
+    times slower for small ``P``).
+    """
+    p = t.shape[-1]
+
+    def right_multiply(a: torch.Tensor, groups: Groups) -> torch.Tensor:
+        """``a[k] @ g[groups_k]ᵀ`` for every ``k``."""
+        ordered = a[groups.order]
+        out = torch.empty_like(ordered)
+        for row, s, e in groups.bounds:
+            torch.matmul(ordered[s:e].reshape(-1, p), g[row].T, out=out[s:e].view(-1, p))
+        result = torch.empty_like(out)
+        result[groups.order] = out
+        return result
+
+    u = right_multiply(t, right)                            # t[k] g[r_k]ᵀ
+    v = right_multiply(u.transpose(1, 2).contiguous(), left)  # (g[l_k] u[k])ᵀ
+    return v.transpose(1, 2)
+
+
 class GlobalSelfAttention(Layer):
     """Scaled dot-product self-attention over all positions (Hron et al. 2020).
 
@@ -197,12 +236,12 @@ class GlobalSelfAttention(Layer):
         mask = None if mask is None else mask.reshape(n, p)[occurring]
         qk = self.W_query_std * self.W_key_std
         g = attention_weights(qk * own, self.attention_mechanism, mask)
-        g1, g2 = g[inverse[:n]], g[inverse[n:]]
+        left, right = Groups(inverse[:n]), Groups(inverse[n:])
 
         def weigh(t: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
             if extra is not None:
                 t = w_x * t + w_e * extra
-            return torch.matmul(torch.matmul(g1, t), g2.transpose(-1, -2))
+            return sandwich(g, left, right, t)
 
         ov2 = (self.W_out_std * self.W_value_std) ** 2
         b2 = 0.0 if self.b_std is None else self.b_std**2
@@ -218,8 +257,9 @@ class GlobalSelfAttention(Layer):
                     ntk_flat = torch.zeros((), dtype=flat.dtype, device=flat.device).expand(n, p, p)
                 ntk = ntk + ov2 * weigh(ntk_flat, values)
         spatial = state.spatial
-        diag1 = nngp[i1].diagonal(dim1=1, dim2=2).reshape(n, *spatial)
-        diag2 = diag1 if i2 is i1 else nngp[i2].diagonal(dim1=1, dim2=2).reshape(n, *spatial)
+        diagonal = nngp.diagonal(dim1=1, dim2=2)
+        diag1 = diagonal[i1].reshape(n, *spatial)
+        diag2 = diag1 if i2 is i1 else diagonal[i2].reshape(n, *spatial)
         shape = (n, *spatial, *spatial)
         return state.replace(
             nngp=nngp.reshape(shape),
