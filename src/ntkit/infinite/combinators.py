@@ -166,7 +166,10 @@ class FanInConcat(Layer):
     is needed).
     """
 
-    handles_masks = True
+    @property
+    def handles_masks(self) -> bool:
+        """Masks pass through a channel concatenation, not a concatenation of positions."""
+        return self.axis == 1
 
     def __init__(self, axis: int = 1) -> None:
         if isinstance(axis, bool) or not isinstance(axis, int):
