@@ -3,9 +3,12 @@
 ``empirical_ntk(model, x1, x2=None, output=..., method=...)`` with three methods, one file
 each: Jacobian contraction (:mod:`.jacobian`), NTK-vector products (:mod:`.ntk_vp`) and
 structured derivatives of affine layers (:mod:`.structured`); ``method="auto"`` picks by
-:mod:`.cost_model`. :func:`plan_empirical_ntk` tells what ``auto`` would do.
+:mod:`.cost_model` and tries its choice on two examples first. :func:`plan_empirical_ntk`
+tells what ``auto`` would do. Inputs and outputs of any layout: :mod:`.inputs`; RNNs and
+attention: :mod:`.traceable`.
 """
 
 from .core import METHODS, OUTPUTS, Plan, empirical_ntk, plan_empirical_ntk
+from .inputs import Examples, all_outputs
 
-__all__ = ["METHODS", "OUTPUTS", "Plan", "empirical_ntk", "plan_empirical_ntk"]
+__all__ = ["METHODS", "OUTPUTS", "Examples", "Plan", "all_outputs", "empirical_ntk", "plan_empirical_ntk"]

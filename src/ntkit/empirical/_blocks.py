@@ -21,6 +21,11 @@ from ..errors import MemoryBudgetError
 DEFAULT_MEMORY_BUDGET = 2**30
 
 
+def describe(n: int) -> str:
+    """``'268435456 bytes (256.0 MiB)'``: a byte count as error messages state it."""
+    return f"{int(n)} bytes ({n / 2**20:.1f} MiB)"
+
+
 def block_size(method, n: int, output: str, budget: int, batch_size: int | None) -> int:
     """Examples per block: ``batch_size`` if given, else the largest that fits ``budget``."""
     if batch_size is not None:
@@ -32,9 +37,9 @@ def block_size(method, n: int, output: str, budget: int, batch_size: int | None)
     if not fits(1):
         need = 2 * method.feature_bytes(1) + method.pair_bytes(1, 1, output)
         raise MemoryBudgetError(
-            f"method={method.name!r} needs about {need / 2**20:.0f} MiB for a single pair of "
-            f"examples but memory_budget is {budget / 2**20:.0f} MiB; raise memory_budget or use "
-            "another method"
+            f"method={method.name!r} needs {describe(need)} for the smallest block (a single "
+            f"pair of examples) but memory_budget is {describe(budget)}; raise memory_budget to "
+            f"at least {need} bytes or use another method"
         )
     lo, hi = 1, n
     while lo < hi:
@@ -61,7 +66,7 @@ def tile(method, x1: torch.Tensor, x2: torch.Tensor | None, output: str, block: 
     """Assemble the kernel of ``x1`` and ``x2`` (``None``: ``x1``, symmetric) block by block."""
     symmetric = x2 is None
     columns = x1 if symmetric else x2
-    n1, n2 = x1.shape[0], columns.shape[0]
+    n1, n2 = len(x1), len(columns)
     rows_at, cols_at = range(0, n1, block), range(0, n2, block)
     store: dict[tuple[int, int], object] = {}
 

@@ -6,7 +6,8 @@ depend on the model's structure, not on its weight values, so tracking a kernel 
 training would repeat them at every call for nothing. They are kept here, keyed by
 everything they depend on: the selected parameter names, every parameter's and buffer's
 name, shape, dtype and device, every submodule (identity, type, training flag, an
-instance-level ``forward`` override) and the example shape, dtype and device of the input.
+instance-level ``forward`` override), the layout, example shapes, dtypes and devices of the
+inputs (and the non-batched ``model_kwargs``) and the output selection (``output_fn``).
 Any change to one of these runs the checks again; only successful outcomes (and the reason a
 structured path does not apply) are kept, so a failing model fails on every call.
 """
@@ -24,7 +25,7 @@ _MEMO: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()
 MAX_ENTRIES = 16
 
 
-def structure_key(model: nn.Module, selected: dict[str, torch.Tensor], x: torch.Tensor) -> tuple:
+def structure_key(model: nn.Module, selected: dict[str, torch.Tensor], x, output: Any = None) -> tuple:
     """Everything the probe and the verification depend on, besides the weight values."""
     tensors = tuple(
         (kind, name, tuple(t.shape), t.dtype, t.device)
@@ -35,7 +36,8 @@ def structure_key(model: nn.Module, selected: dict[str, torch.Tensor], x: torch.
         (name, id(m), type(m), m.training, id(m.__dict__.get("forward")))
         for name, m in model.named_modules(remove_duplicate=False)
     )
-    return tuple(selected), tensors, modules, tuple(x.shape[1:]), x.dtype, x.device
+    inputs = x.signature() if hasattr(x, "signature") else (tuple(x.shape[1:]), x.dtype, x.device)
+    return tuple(selected), tensors, modules, inputs, output
 
 
 def recall(model: nn.Module, key: tuple, what: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -21,6 +21,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ModelError, NtkitError, ParameterError
 from ._memo import recall, remember, structure_key
+from .hazards import check_forward_grad_mode
+from .inputs import Examples, OutputSelector, check_output
 
 #: ``None`` (all trainable), a name or module prefix, a list of names/prefixes/parameters,
 #: or a predicate ``(name, parameter) -> bool``.
@@ -52,6 +54,8 @@ class Problem:
     forward_flops: float = 0.0
     #: what the model checks depend on (see :mod:`._memo`)
     key: tuple = ()
+    #: reads the tensor that counts out of the model's raw output
+    select: OutputSelector = field(default_factory=OutputSelector)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -69,14 +73,19 @@ class Problem:
     def itemsize(self) -> int:
         return self.dtype.itemsize
 
-    def call(self, selected: dict[str, torch.Tensor], x: torch.Tensor, fixed=None) -> Any:
+    def call(self, selected: dict[str, torch.Tensor], x: Examples, fixed=None) -> Any:
         """The raw model output for a batch ``x`` with the given selected parameters."""
         state = {**(self.fixed if fixed is None else fixed), **selected}
-        return functional_call(self.model, state, (x,))
+        args, kwargs = ((x,), {}) if isinstance(x, torch.Tensor) else x.arguments()
+        return functional_call(self.model, state, args, kwargs)
 
-    def f(self, selected: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """Outputs of a batch ``x (b, ...)`` as ``(b, o)``."""
-        return self.call(selected, x).reshape(x.shape[0], self.n_out)
+    def output(self, selected: dict[str, torch.Tensor], x: Examples, fixed=None) -> torch.Tensor:
+        """The selected output tensor ``(b, *out_shape)`` of a batch."""
+        return self.select(self.call(selected, x, fixed))
+
+    def f(self, selected: dict[str, torch.Tensor], x: Examples) -> torch.Tensor:
+        """Outputs of a batch ``x`` of ``b`` examples as ``(b, o)``."""
+        return self.output(selected, x).reshape(len(x), self.n_out)
 
 
 def select_params(model: nn.Module, params: ParamSelector) -> tuple[dict, dict]:
@@ -176,7 +185,8 @@ def check_modules(model: nn.Module) -> None:
             )
 
 
-def prepare(model: Any, params: ParamSelector, probe: torch.Tensor) -> Problem:
+def prepare(model: Any, params: ParamSelector, probe: Examples,
+            select: OutputSelector | None = None) -> Problem:
     """Select parameters, check the model and probe its output on ``probe`` (2 examples).
 
     The probe runs once per model structure and input layout (:mod:`._memo`).
@@ -187,11 +197,14 @@ def prepare(model: Any, params: ParamSelector, probe: torch.Tensor) -> Problem:
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(probe, torch.Tensor):
+        probe = Examples("tensor", (), (probe,))
     selected, fixed = select_params(model, params)
     check_modules(model)
     buffers = dict(model.named_buffers())
-    problem = Problem(model, selected, {**fixed, **buffers})
-    problem.key = structure_key(model, selected, probe)
+    problem = Problem(model, selected, {**fixed, **buffers},
+                      select=OutputSelector() if select is None else select)
+    problem.key = structure_key(model, selected, probe, problem.select.key())
     probed = recall(model, problem.key, "probe")
     if probed is None:
         probed = _probe(problem, buffers, probe)
@@ -203,26 +216,27 @@ def prepare(model: Any, params: ParamSelector, probe: torch.Tensor) -> Problem:
     return problem
 
 
-def _forward(problem: Problem, x: torch.Tensor, fixed: dict) -> Any:
+def _forward(problem: Problem, x: Examples, fixed: dict) -> Any:
     try:
-        with torch.no_grad():
-            return problem.call(problem.selected, x, fixed)
+        raw = problem.call(problem.selected, x, fixed)
     except NtkitError:
         raise
     except Exception as err:
         raise ModelError(
-            f"calling the model on a batch of shape {tuple(x.shape)} failed: "
-            f"{type(err).__name__}: {err}"
+            f"calling the model on a batch {x.describe()} failed: {type(err).__name__}: {err}"
         ) from err
+    out = problem.select(raw)
+    check_output(out, len(x))
+    return out.detach()
 
 
-def _probe(problem: Problem, buffers: dict, x: torch.Tensor) -> tuple[tuple[int, ...], int, float]:
+def _probe(problem: Problem, buffers: dict, x: Examples) -> tuple[tuple[int, ...], int, float]:
     """Forward ``x`` and its first example alone (on copies of the buffers); check the results.
 
     Returns the output shape per example, the activation count per example (all leaf module
     outputs) and the matmul/convolution flops per example (``torch.utils.flop_counter``).
     """
-    n = x.shape[0]
+    n = len(x)
     copies = {k: b.clone() for k, b in buffers.items()}
     fixed = {**problem.fixed, **copies}
     sizes = [0]
@@ -233,7 +247,7 @@ def _probe(problem: Problem, buffers: dict, x: torch.Tensor) -> tuple[tuple[int,
 
     handle = nn.modules.module.register_module_forward_hook(count)
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as counter, check_forward_grad_mode(problem.model):
             out = _forward(problem, x, fixed)
     finally:
         handle.remove()
@@ -243,14 +257,6 @@ def _probe(problem: Problem, buffers: dict, x: torch.Tensor) -> tuple[tuple[int,
                 f"the forward pass changed buffer {k!r}; the NTK needs a pure forward. Call "
                 "model.eval() (BatchNorm: or build it with track_running_stats=False)"
             )
-    if not isinstance(out, torch.Tensor) or out.ndim == 0 or out.shape[0] != n:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelError(
-            f"the model's output must be one tensor with the batch axis first, (n={n}, ...); got "
-            f"{shape} for {n} examples. Make forward return one row per example"
-        )
-    if not out.is_floating_point():
-        raise ModelError(f"the model's output has dtype {out.dtype}; the NTK needs floating outputs")
     alone = _forward(problem, x[:1], fixed)
     tol = 1e3 * torch.finfo(out.dtype).eps * (1.0 + float(out.abs().max()))
     if alone.shape != out[:1].shape or float((alone - out[:1]).abs().max()) > tol:

@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from .._validation import as_input_pair, check_choice, check_positive_int
-from ..errors import MemoryBudgetError, ModelError
+from .._validation import check_choice, check_positive_int
+from ..errors import MemoryBudgetError, ModelError, NtkitError, ShapeError
 from . import cost_model
 from ._blocks import DEFAULT_MEMORY_BUDGET, block_size, caches, tile
+from ._memo import recall, remember
 from ._params import ParamSelector, Problem, prepare
+from .inputs import Examples, OutputFn, OutputSelector, as_example_pair
 from .jacobian import JacobianMethod
 from .ntk_vp import NtkVpMethod
 from .structured import NotApplicableError, StructuredMethod
+from .traceable import traceable
 
-OUTPUTS = ("trace", "full", "diagonal")
+OUTPUTS = ("trace", "full", "diagonal", "diagonal_batch")
 METHODS = ("auto", "jacobian", "ntk_vp", "structured")
 #: With ``x2=None`` the kernel is cut into about this many row blocks (of at least
 #: ``SYMMETRIC_MIN_BLOCK`` examples) so that the blocks below the diagonal are skipped.
@@ -33,15 +36,21 @@ class Plan:
     Attributes:
         method: ``"jacobian"``, ``"ntk_vp"`` or ``"structured"``.
         block: examples per block.
-        costs: estimated flop-equivalents of every applicable method (``auto``'s choice is
-            the smallest); empty when a method was requested explicitly.
+        costs: estimated flop-equivalents of every applicable method (``auto`` tries them
+            cheapest first); empty when a method was requested explicitly.
         structured_reason: why the structured path does not apply (``None`` if it does).
+        failures: method → the error it raised when ``auto`` tried it on two examples
+            (such methods are skipped; empty when the cheapest one ran).
+        param_blocks: parameter groups the Jacobian method forms one after another (1
+            unless the Jacobians of one example for all parameters exceed the budget).
     """
 
     method: str
     block: int
     costs: dict
     structured_reason: str | None
+    failures: dict = field(default_factory=dict)
+    param_blocks: int = 1
 
 
 def empirical_ntk(
@@ -52,65 +61,108 @@ def empirical_ntk(
     output: str = "trace",
     method: str = "auto",
     params: ParamSelector = None,
+    output_fn: OutputFn = None,
+    model_kwargs: dict | None = None,
     batch_size: int | None = None,
     memory_budget: int | None = None,
 ) -> torch.Tensor:
     """Empirical NTK ``k(x, x')_{o o'} = Σ_p ∂f_o(x)/∂w_p · ∂f_o'(x')/∂w_p`` at the current weights.
 
     Args:
-        model: any ``nn.Module`` that ``torch.func.functional_call`` can run on a batch
-            ``(n, *in_shape)``, returning one tensor ``(n, *out_shape)``. The ``o =
-            prod(out_shape)`` outputs are flattened; a scalar-output model returning ``(n,)``
-            has ``o = 1``. Buffers pass through unchanged. The forward must be pure and treat
-            examples independently: BatchNorm in training mode, dropout in training mode, or
-            a forward that changes a buffer raise ModelError (call ``model.eval()``).
-        x1: ``(n1, *in_shape)`` inputs (tensor or NumPy array), cast to the model's dtype.
-        x2: ``(n2, *in_shape)`` or ``None`` (``x2 = x1``: only the blocks on and above the
-            diagonal are computed; the result is exactly symmetric).
+        model: any ``nn.Module`` whose forward treats examples independently: standard
+            layers including ``nn.MultiheadAttention``, ``nn.TransformerEncoder(Layer)``,
+            ``nn.RNN``/``nn.LSTM``/``nn.GRU`` (run by :mod:`~ntkit.empirical.traceable`),
+            ``nn.Embedding`` (integer inputs), normalization layers, tied weights (counted
+            once). The ``o = prod(out_shape)`` outputs are flattened; a scalar-output model
+            returning ``(n,)`` has ``o = 1``. Buffers pass through unchanged. The forward must
+            be pure: BatchNorm in training mode, dropout in training mode, a forward that
+            changes a buffer or runs under ``torch.no_grad()`` raise ModelError naming the
+            fix (usually ``model.eval()``).
+        x1: the inputs, batched along dim 0: a tensor/array ``(n1, ...)`` (``model(x)``), a
+            tuple/list of them (``model(*x)``, e.g. ``(input_ids, attention_mask)``) or a dict
+            (``model(**x)``); floating entries are cast to the model's dtype, integer and
+            boolean ones (token ids, masks) kept (:mod:`~ntkit.empirical.inputs`).
+        x2: the same layout with ``n2`` examples, or ``None`` (``x2 = x1``: only the blocks
+            on and above the diagonal are computed; the result is exactly symmetric).
         output: ``"trace"`` → ``(n1, n2)``, summed over the outputs ``o = o'``;
-            ``"full"`` → ``(n1, n2, o, o)``; ``"diagonal"`` → ``(n1, n2, o)`` (``o = o'``).
+            ``"full"`` → ``(n1, n2, o, o)``; ``"diagonal"`` → ``(n1, n2, o)`` (``o = o'``);
+            ``"diagonal_batch"`` → ``(n1,)``, the trace of ``k(x_i, x_i)`` for every example
+            (``x2`` must be ``None``; no pair of different examples is computed).
         method: ``"jacobian"`` (per-example Jacobians, contracted: ``N·O·[FP] + N²·O²·P``),
             ``"ntk_vp"`` (NTK-vector products: ``N²·O·[FP]``), ``"structured"`` (input and
             cotangent Grams of ``nn.Linear``/``nn.Conv{1,2,3}d``/ntkit Dense and Conv layers,
             and the per-channel affine parameters of BatchNorm (eval)/LayerNorm/GroupNorm,
             never forming whole-model per-example Jacobians; verified against autograd on two
-            examples first; ModelError if a selected parameter sits elsewhere), or ``"auto"``
-            (the cheapest by :mod:`~ntkit.empirical.cost_model`; Novak et al. 2022). All
-            methods give the same kernel up to rounding.
+            examples first; ModelError if a selected parameter sits elsewhere), or ``"auto"``:
+            the methods by increasing estimated cost (:mod:`~ntkit.empirical.cost_model`;
+            Novak et al. 2022), the first that runs on two examples of ``x1``
+            (:func:`plan_empirical_ntk` reports the choice and any failure). All methods give
+            the same kernel up to rounding.
         params: the parameters that count (the rest is held fixed): ``None`` (all with
-            ``requires_grad``), a name or module prefix (``"0"`` → ``"0.weight"``,
-            ``"0.bias"``), a list of names/prefixes/parameter tensors, or a predicate
-            ``(name, parameter) -> bool`` — e.g. the first layer only (Arora et al. 2019).
+            ``requires_grad``; parameters with ``requires_grad=False`` are excluded), a name or
+            module prefix (``"0"`` → ``"0.weight"``, ``"0.bias"``), a list of names/prefixes/
+            parameter tensors, or a predicate ``(name, parameter) -> bool``.
+        output_fn: which part of the model's output counts: ``None`` (the output tensor, or
+            the only tensor in a tuple/dict/dataclass; ModelError listing the fields
+            otherwise), a key or attribute name (``"logits"``), an index, a callable
+            ``raw_output -> (n, ...)`` tensor, or :func:`ntkit.empirical.all_outputs`.
+        model_kwargs: keyword arguments passed unchanged (not batched) to every call.
         batch_size: examples per block (default: the largest within ``memory_budget``).
         memory_budget: bytes for the temporaries of one block pair (default 1 GiB); the
-            output itself is not counted.
+            output itself is not counted. Blocks of examples, and for the Jacobian method
+            blocks of parameters, keep the work under it; MemoryBudgetError (naming the
+            budget and the size the smallest block needs) when even one block cannot fit.
 
     Returns:
         The kernel in the model's parameter dtype, on the model's device.
 
     Raises:
-        ModelError, ShapeError, ParameterError, MemoryBudgetError (messages say what to do).
+        ModelError, ShapeError, ParameterError, DeviceError, NonFiniteError,
+        MemoryBudgetError (messages say what to do).
     """
-    with torch.enable_grad():  # the structured path runs autograd; results carry no graph
-        _, x1, x2, plan, runner = _plan(model, x1, x2, output, method, params, batch_size,
-                                        memory_budget)
+    with torch.enable_grad(), traceable(model):  # results carry no graph
+        problem, x1, x2, plan, runner = _plan(model, x1, x2, output, method, params, output_fn,
+                                              model_kwargs, batch_size, memory_budget)
         budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-        n_examples = x1.shape[0] + (0 if x2 is None else x2.shape[0])
-        return tile(runner, x1, x2, output, plan.block, caches(runner, n_examples, budget))
+        try:
+            if output == "diagonal_batch":
+                return _diagonal_batch(runner, x1, plan.block)
+            n_examples = len(x1) + (0 if x2 is None else len(x2))
+            return tile(runner, x1, x2, output, plan.block, caches(runner, n_examples, budget))
+        except NtkitError:
+            raise
+        except (RuntimeError, NotImplementedError) as err:
+            raise ModelError(
+                f"method={plan.method!r} failed on this model: {type(err).__name__}: {err}. Use "
+                "method='auto' (it tries the methods on two examples first) or another method"
+            ) from err
 
 
 def plan_empirical_ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: str = "trace",
                        method: str = "auto", params: ParamSelector = None,
+                       output_fn: OutputFn = None, model_kwargs: dict | None = None,
                        batch_size: int | None = None, memory_budget: int | None = None) -> Plan:
     """What :func:`empirical_ntk` would do with these arguments (which method ``auto``
-    picks, the block size, the estimated costs), without computing the kernel."""
-    with torch.enable_grad():
-        return _plan(model, x1, x2, output, method, params, batch_size, memory_budget)[3]
+    picks after trying the cheapest on two examples, the block sizes, the estimated costs),
+    without computing the kernel."""
+    with torch.enable_grad(), traceable(model):
+        return _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_size,
+                     memory_budget)[3]
 
 
-def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
-    check_choice(output, "output", OUTPUTS)
-    check_choice(method, "method", METHODS)
+def _diagonal_batch(runner, x: Examples, block: int) -> torch.Tensor:
+    parts = []
+    for start in range(0, len(x), block):
+        f = runner.features(x[start : start + block])
+        if hasattr(runner, "self_diagonal"):
+            parts.append(runner.self_diagonal(f))
+        else:
+            parts.append(runner.pair(f, f, "trace").diagonal())
+    return torch.cat(parts)
+
+
+def prepare_problem(model, x1, x2, params, output_fn, model_kwargs):
+    """The one validation step shared by the empirical kernels: model, inputs, probe."""
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -119,19 +171,32 @@ def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
             f"the model ({type(model).__name__}) has no floating-point parameters, so its NTK "
             "is zero; pass a model with weights"
         )
+    selector = OutputSelector(output_fn)
+    x1, x2 = as_example_pair(x1, x2, dtype=ref.dtype, device=ref.device, model_kwargs=model_kwargs)
+    probe = x1[:2] if len(x1) >= 2 else x1[[0, 0]]
+    problem = prepare(model, params, probe, selector)
+    return problem, x1, x2, probe
+
+
+def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_size, memory_budget):
+    check_choice(output, "output", OUTPUTS)
+    check_choice(method, "method", METHODS)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_positive_int(
         memory_budget, "memory_budget")
-    x1, x2 = as_input_pair(x1, x2, dtype=ref.dtype, device=ref.device, min_ndim=1)
-    probe = x1[:2] if x1.shape[0] >= 2 else x1[[0, 0]]
-    problem = prepare(model, params, probe)
-    n1 = x1.shape[0]
-    n2 = n1 if x2 is None else x2.shape[0]
+    if output == "diagonal_batch" and x2 is not None:
+        raise ShapeError("output='diagonal_batch' gives k(x_i, x_i) of x1 alone; pass x2=None")
+    problem, x1, x2, probe = prepare_problem(model, x1, x2, params, output_fn, model_kwargs)
+    n1 = len(x1)
     symmetric = x2 is None
+    n2 = n1 if symmetric else len(x2)
+    pair_output = "trace" if output == "diagonal_batch" else output
+    if output == "diagonal_batch":  # per-example work only: cost it as n1 pairs
+        n2, symmetric = 1, False
 
     structured, reason = None, None
     if method in ("auto", "structured"):
         try:
-            structured = StructuredMethod(problem, probe, n1, n2, output)
+            structured = StructuredMethod(problem, probe, n1, n2, pair_output)
         except NotApplicableError as err:
             reason = str(err)
             if method == "structured":
@@ -144,7 +209,7 @@ def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
     n_examples = n1 + (0 if symmetric else n2)
 
     def block_of(runner) -> int:
-        block = block_size(runner, n, output, budget, batch_size)
+        block = block_size(runner, n, pair_output, budget, batch_size)
         if (symmetric and batch_size is None and not runner.symmetric_pairs
                 and caches(runner, n_examples, budget)):
             # Several blocks skip the products below the diagonal; features are reused.
@@ -152,11 +217,17 @@ def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
             block = math.ceil(n / math.ceil(n / block))
         return block
 
+    def plan_for(name, costs, failures):
+        runner = runners[name]
+        groups = len(getattr(runner, "groups", [None]))
+        return problem, x1, x2, Plan(name, blocks[name], costs, reason, failures, groups), runner
+
+    blocks: dict = {}
     if method != "auto":
-        runner = runners[method]
-        return problem, x1, x2, Plan(method, block_of(runner), {}, reason), runner
+        blocks[method] = block_of(runners[method])
+        return plan_for(method, {}, {})
     fp = cost_model.forward_flops(problem)
-    costs, blocks, failure = {}, {}, None
+    costs, failure = {}, None
     for name, runner in runners.items():
         try:
             blocks[name] = block_of(runner)
@@ -165,17 +236,49 @@ def _plan(model, x1, x2, output, method, params, batch_size, memory_budget):
             continue
         cached = caches(runner, n_examples, budget)
         costs[name] = cost_model.COSTS[name](runner if name == "structured" else problem, fp, n1,
-                                             n2, symmetric, output, blocks[name], cached)
+                                             n2, symmetric, pair_output, blocks[name], cached)
     if not costs:
         raise failure
-    best = min(costs, key=costs.get)
-    return problem, x1, x2, Plan(best, blocks[best], costs, reason), runners[best]
+    failures: dict[str, str] = {}
+    for name in sorted(costs, key=costs.get):
+        why = _trial(problem, runners[name], probe, pair_output)
+        if why is None:
+            return plan_for(name, costs, failures)
+        failures[name] = why
+    raise ModelError(
+        "no method could compute this model's NTK on two examples: "
+        + "; ".join(f"{k}: {v}" for k, v in failures.items())
+    )
 
 
-def _runners(problem: Problem, probe: torch.Tensor, method: str, structured, budget: int) -> dict:
+def _trial(problem: Problem, runner, probe: Examples, output: str) -> str | None:
+    """Run ``runner`` on the probe examples (remembered per model structure); the error
+    message if it fails, else ``None``."""
+    key = (problem.key, output)
+    known = recall(problem.model, key, "trial:" + runner.name)
+    if known is not None:
+        return known or None
+    try:
+        f = runner.features(probe)
+        runner.pair(f, f, output)
+    except NtkitError:
+        raise
+    except Exception as err:  # any failure of a transform on this model
+        why = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        remember(problem.model, key, "trial:" + runner.name, why)
+        return why
+    remember(problem.model, key, "trial:" + runner.name, "")
+    return None
+
+
+def _runners(problem: Problem, probe: Examples, method: str, structured, budget: int) -> dict:
     runners: dict = {}
     if method in ("auto", "jacobian"):
-        runners["jacobian"] = JacobianMethod(problem, probe)
+        try:
+            runners["jacobian"] = JacobianMethod(problem, probe, budget)
+        except MemoryBudgetError:
+            if method == "jacobian":
+                raise
     if method in ("auto", "ntk_vp"):
         runners["ntk_vp"] = NtkVpMethod(problem, budget)
     if structured is not None:

@@ -13,6 +13,7 @@ import torch
 from torch.func import jvp, vjp, vmap
 
 from ._params import Problem
+from .inputs import Examples
 from .jacobian import out_entries
 
 
@@ -26,7 +27,7 @@ class NtkVpMethod:
         self.problem = problem
         self.budget = budget
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: Examples) -> Examples:
         return x
 
     def column_bytes(self, b1: int) -> int:
@@ -39,30 +40,48 @@ class NtkVpMethod:
         left = self.budget - self.pair_bytes(b1, b2, output, columns=0)
         return int(max(1, min(b2 * self.problem.n_out, left // self.column_bytes(b1))))
 
-    def pair(self, x1: torch.Tensor, x2: torch.Tensor, output: str) -> torch.Tensor:
+    def pair(self, x1: Examples, x2: Examples, output: str) -> torch.Tensor:
         p = self.problem
         names = list(p.selected)
         values = tuple(p.selected.values())
-        o, b1, b2 = p.n_out, x1.shape[0], x2.shape[0]
+        o, b1, b2 = p.n_out, len(x1), len(x2)
 
         def rows(*w: torch.Tensor) -> torch.Tensor:
             return p.f(dict(zip(names, w)), x1)
 
-        def column(xj: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        def column(leaves: tuple, e: torch.Tensor) -> torch.Tensor:
             def single(*w: torch.Tensor) -> torch.Tensor:
-                return p.f(dict(zip(names, w)), xj[None])[0]
+                return p.f(dict(zip(names, w)), x2.with_tensors(leaves, add_batch_axis=True))[0]
 
             _, pullback = vjp(single, *values)
             return jvp(rows, values, pullback(e))[1]  # (b1, o)
 
-        xs = x2.repeat_interleave(o, dim=0)
-        basis = torch.eye(o, dtype=x2.dtype, device=x2.device).repeat(b2, 1)
-        cols = vmap(column, chunk_size=self.chunk(b1, b2, output))(xs, basis)  # (b2·o, b1, o)
+        xs = x2.repeat_interleave(o)
+        basis = torch.eye(o, dtype=p.dtype, device=p.device).repeat(b2, 1)
+        cols = vmap(column, chunk_size=self.chunk(b1, b2, output))(xs.tensors, basis)  # (b2·o, b1, o)
         block = cols.reshape(b2, o, b1, o).permute(2, 0, 3, 1)  # (b1, b2, o, o')
         if output == "full":
             return block.contiguous()
         diagonal = block.diagonal(dim1=2, dim2=3)
         return diagonal.sum(-1) if output == "trace" else diagonal.contiguous()
+
+    def self_diagonal(self, x: Examples) -> torch.Tensor:
+        """``(b,)``: ``Σ_o |∂f_o(x_i)/∂w|²``, one VJP per example and output (no JVP needed)."""
+        p = self.problem
+        names = list(p.selected)
+        values = tuple(p.selected.values())
+        o = p.n_out
+
+        def norm(leaves: tuple) -> torch.Tensor:
+            def single(*w: torch.Tensor) -> torch.Tensor:
+                return p.f(dict(zip(names, w)), x.with_tensors(leaves, add_batch_axis=True))[0]
+
+            _, pullback = vjp(single, *values)
+            basis = torch.eye(o, dtype=p.dtype, device=p.device)
+            return sum(sum(g.square().sum() for g in pullback(basis[k])) for k in range(o))
+
+        chunk = int(max(1, self.budget // max(1, self.column_bytes(1))))
+        return vmap(norm, chunk_size=chunk)(x.tensors)
 
     def feature_bytes(self, b: int) -> int:
         return 0
