@@ -8,7 +8,7 @@ the matching finite network; the lecture's closed forms in ``nk.theory``.
 
 from . import bounds, errors, predict, theory
 from .data import corrupt_labels
-from .empirical import empirical_ntk
+from .empirical import empirical_kernel, empirical_nngp, empirical_ntk, ntk_vp
 from .errors import NtkitError
 from .infinite import (
     GELU,
@@ -134,6 +134,8 @@ __all__ = [
     "__version__",
     "bounds",
     "corrupt_labels",
+    "empirical_kernel",
+    "empirical_nngp",
     "empirical_ntk",
     "errors",
     "gp_posterior",
@@ -147,6 +149,7 @@ __all__ = [
     "max_learning_rate",
     "mlp",
     "monte_carlo_kernel",
+    "ntk_vp",
     "parallel",
     "predict",
     "serial",

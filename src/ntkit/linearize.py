@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from .empirical.inputs import OutputFn, OutputSelector
 from .empirical.selection import ParamSelector, check_modules, select_params
+from .empirical.traceable import traceable
 from .errors import ModelError
 
 
@@ -25,9 +27,13 @@ def _key(name: str) -> str:
 class LinearizedModel(nn.Module):
     """First-order Taylor expansion of a module around its current weights ``w0``.
 
-    ``forward(x)`` returns ``f(w0, x) + <∇_w f(w0, x), w − w0>`` with the same shapes as the
-    original model, computed by one forward-mode product (``torch.func.jvp``) along ``w − w0``:
-    the output is exactly affine in the parameters.
+    ``forward(*args, **kwargs)`` takes what the model takes (a tensor, several tensors,
+    keyword tensors such as ``input_ids=..., attention_mask=...``) and returns
+    ``f(w0, x) + <∇_w f(w0, x), w − w0>`` for the selected output (``output_fn``, as in
+    :func:`ntkit.empirical_ntk`; by default the output tensor), computed by one forward-mode
+    product (``torch.func.jvp``) along ``w − w0``: the output is exactly affine in the
+    parameters. RNNs and attention run in their transformable form
+    (:mod:`ntkit.empirical.traceable`).
 
     Attributes:
         params: ``nn.ParameterDict`` of the linearized parameters ``w`` (the model's names with
@@ -38,8 +44,9 @@ class LinearizedModel(nn.Module):
     construction. The original model is copied, so later changes to it have no effect.
     """
 
-    def __init__(self, model: nn.Module, params: ParamSelector = None) -> None:
+    def __init__(self, model: nn.Module, params: ParamSelector = None, output_fn: OutputFn = None) -> None:
         super().__init__()
+        self._select = OutputSelector(output_fn)
         if not isinstance(model, nn.Module):
             raise ModelError(f"linearize needs a torch.nn.Module, got {type(model).__name__}")
         if params is None and not any(p.requires_grad for p in model.parameters()):
@@ -75,19 +82,22 @@ class LinearizedModel(nn.Module):
         """The expansion point, by the model's parameter names."""
         return {name: getattr(self, "w0__" + _key(name)) for name in self._names}
 
-    def forward(self, x: Any) -> torch.Tensor:
-        """``f(w0, x) + J(w0, x)·(w − w0)``; ``x`` and the result have the model's shapes."""
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``f(w0, x) + J(w0, x)·(w − w0)``; the inputs are the model's, the result has the
+        selected output's shape."""
         w0 = self.w0()
         delta = {name: self.params[_key(name)] - w0[name] for name in self._names}
 
         def f(weights: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(self._template, weights, (x,))
+            return self._select(functional_call(self._template, weights, args, kwargs))
 
-        out, tangent = jvp(f, (w0,), (delta,))
+        with traceable(self._template):
+            out, tangent = jvp(f, (w0,), (delta,))
         return out + tangent
 
 
-def linearize(model: nn.Module, params: ParamSelector = None) -> LinearizedModel:
+def linearize(model: nn.Module, params: ParamSelector = None, *,
+              output_fn: OutputFn = None) -> LinearizedModel:
     """``nk.linearize(model)``: the model's linearization at its current weights.
 
     Args:
@@ -95,9 +105,12 @@ def linearize(model: nn.Module, params: ParamSelector = None) -> LinearizedModel
             BatchNorm or dropout).
         params: which parameters to linearize in (the rest stays fixed at ``w0``); same forms
             as in :func:`ntkit.empirical_ntk` (``None``: all with ``requires_grad``).
+        output_fn: which output is linearized, as in :func:`ntkit.empirical_ntk` (``None``: the
+            output tensor, or the only tensor of a tuple/dict/dataclass output; a key such as
+            ``"logits"``, an index, a callable, or ``ntkit.empirical.all_outputs``).
 
     Returns:
         A :class:`LinearizedModel`; train it like any module, e.g.
         ``torch.optim.SGD(lin.parameters(), lr)``.
     """
-    return LinearizedModel(model, params)
+    return LinearizedModel(model, params, output_fn)

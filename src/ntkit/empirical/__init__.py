@@ -10,5 +10,7 @@ attention: :mod:`.traceable`.
 
 from .core import METHODS, OUTPUTS, Plan, empirical_ntk, plan_empirical_ntk
 from .inputs import Examples, all_outputs
+from .kernels import empirical_kernel, empirical_nngp, ntk_vp
 
-__all__ = ["METHODS", "OUTPUTS", "Examples", "Plan", "all_outputs", "empirical_ntk", "plan_empirical_ntk"]
+__all__ = ["METHODS", "OUTPUTS", "Examples", "Plan", "all_outputs", "empirical_kernel", "empirical_nngp",
+           "empirical_ntk", "ntk_vp", "plan_empirical_ntk"]

@@ -121,7 +121,7 @@ def empirical_ntk(
         MemoryBudgetError (messages say what to do).
     """
     with torch.enable_grad(), traceable(model):  # results carry no graph
-        problem, x1, x2, plan, runner = _plan(model, x1, x2, output, method, params, output_fn,
+        _problem, x1, x2, plan, runner = _plan(model, x1, x2, output, method, params, output_fn,
                                               model_kwargs, batch_size, memory_budget)
         budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
         try:

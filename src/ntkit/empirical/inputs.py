@@ -81,9 +81,8 @@ class Examples:
 
     def signature(self) -> tuple:
         """Per entry: key, example shape, dtype, device (what a probe of the model depends on)."""
-        return (self.kind, self.keys) + tuple(
-            None if t is None else (tuple(t.shape[1:]), t.dtype, t.device) for t in self.leaves
-        ) + (_kwargs_signature(self.kwargs),)
+        entries = tuple(None if t is None else (tuple(t.shape[1:]), t.dtype, t.device) for t in self.leaves)
+        return (self.kind, self.keys, *entries, _kwargs_signature(self.kwargs))
 
     # -------------------------------------------------------------- calls
     def arguments(self, leaves: tuple | None = None) -> tuple[tuple, dict]:
@@ -109,7 +108,8 @@ class Examples:
             return f"shape {tuple(self.leaves[0].shape)}"
         parts = ", ".join(f"{k!r}: {'None' if t is None else tuple(t.shape)}"
                           for k, t in zip(self.keys, self.leaves))
-        return ("(" if self.kind == "sequence" else "{") + parts + (")" if self.kind == "sequence" else "}")
+        opening, closing = ("(", ")") if self.kind == "sequence" else ("{", "}")
+        return opening + parts + closing
 
 
 def _kwargs_signature(kwargs: dict) -> tuple:

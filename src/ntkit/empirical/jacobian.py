@@ -27,8 +27,8 @@ from torch.func import jacrev, vjp, vmap
 
 from .._fast_matmul import matmul
 from ..errors import MemoryBudgetError
-from ._params import Problem
 from ._blocks import describe
+from ._params import Problem
 from .inputs import Examples
 
 
