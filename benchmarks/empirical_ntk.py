@@ -29,11 +29,19 @@ runs past ``--timeout`` is shown as ``>T``. "peak MB" is the growth of the
 process's peak RSS over its RSS before the first call. "ref/x" is the reference's time over
 the method's; "best/auto" compares ntkit's fastest explicit method with ``auto``.
 
+Issue 15 adds ``--models resnet18 transformer lstm`` (``benchmarks/empirical_models.py``:
+a ResNet-18-shaped CNN on 3×32×32, a 4-layer transformer encoder on token ids with an
+attention mask, an LSTM classifier; random inputs, no neural-tangents twin). Their reference
+is the same ``vmap(jacrev)`` recipe over the model's input tuple/dict (for the LSTM it needs
+ntkit's transformable forward: torch's fused LSTM does not run under ``vmap``).
+
 Reproduce (about 30–60 min on 2 cores; the slow methods dominate):
 
     bash scripts/setup_nt_venv.sh                       # optional: neural-tangents columns
     .venv/bin/python benchmarks/empirical_ntk.py --json /tmp/empirical_ntk.json
     .venv/bin/python benchmarks/empirical_ntk.py --n 64 --methods auto structured nt3 --rounds 5
+    .venv/bin/python benchmarks/empirical_ntk.py --models transformer lstm --n 256 --dtype float32 \
+        --output trace --repeats 1 --timeout 900
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NT_PYTHON = ROOT / ".venv-nt" / "bin" / "python"
 NTKIT_METHODS = ("auto", "structured", "jacobian", "ntk_vp")
 NT_METHODS = ("nt1", "nt2", "nt3")
+#: issue-15 models (benchmarks/empirical_models.py): random inputs, no neural-tangents twin
+MODERN = ("resnet18", "transformer", "lstm")
 
 
 # ---------------------------------------------------------------------------- workers
@@ -93,6 +103,8 @@ def torch_worker(case: dict) -> dict:
     torch.set_num_threads(case["threads"])
     dtype = getattr(torch, case["dtype"])
     torch.manual_seed(0)
+    if case["model"] in MODERN:
+        return modern_worker(case, dtype)
     if case["model"] == "mlp":
         model = nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
                               nn.Linear(1024, 10))
@@ -143,6 +155,78 @@ def torch_worker(case: dict) -> dict:
     times = _time(call, case["repeats"])
     peak = _peak_rss() - base
     result = call() if len(times) > 1 else None
+    checksum = float(result.double().sum()) if result is not None else None
+    return {"seconds": statistics.median(times), "peak": max(peak, 0), "chosen": chosen,
+            "checksum": checksum}
+
+
+def modern_worker(case: dict, dtype) -> dict:
+    """The issue-15 models (``empirical_models.py``): any inputs, a selected output."""
+    import contextlib
+
+    import torch
+    from torch.func import functional_call, jacrev, vmap
+
+    import ntkit as nk
+    from ntkit.empirical.inputs import OutputSelector
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from empirical_models import build
+
+    model, x, output_fn = build(case["model"], case["n"], dtype)
+    select = OutputSelector(output_fn)
+    keys = list(x) if isinstance(x, dict) else None
+    leaves = tuple(x.values()) if keys else (x,)
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    n_params = sum(p.numel() for p in params.values())
+    n = len(leaves[0])
+    o = 10
+    trace = case["output"] == "trace"
+
+    def single(p, *xi):
+        batch = tuple(t[None] for t in xi)
+        args, kwargs = ((), dict(zip(keys, batch))) if keys else (batch, {})
+        return select(functional_call(model, p, args, kwargs))[0].reshape(-1)
+
+    def jacobians(lo, hi):
+        jac = vmap(jacrev(single), (None, *[0] * len(leaves)))(params, *(t[lo:hi] for t in leaves))
+        return [j.reshape(hi - lo, o, -1) for j in jac.values()]
+
+    def contract(j1, j2):
+        if trace:
+            return sum(torch.einsum("iap,jap->ij", a, b) for a, b in zip(j1, j2))
+        return sum(torch.einsum("iap,jbp->ijab", a, b) for a, b in zip(j1, j2))
+
+    def reference():
+        chunk = max(1, min(n, int(case["ref_memory"] // (2 * o * n_params * dtype.itemsize))))
+        rows = []
+        for r in range(0, n, chunk):
+            j1 = jacobians(r, min(n, r + chunk))
+            rows.append(torch.cat([contract(j1, j1) if c == r else
+                                   contract(j1, jacobians(c, min(n, c + chunk)))
+                                   for c in range(0, n, chunk)], dim=1))
+        return torch.cat(rows)
+
+    def ours():
+        return nk.empirical_ntk(model, x, output=case["output"], method=case["method"],
+                                output_fn=output_fn)
+
+    # the plain recipe cannot run torch's fused LSTM under vmap: give it ntkit's transformable
+    # forward (reported in the table's note)
+    wrap = contextlib.nullcontext()
+    if case["method"] == "reference" and case["model"] == "lstm":
+        from ntkit.empirical.traceable import traceable
+
+        wrap = traceable(model)
+    call = reference if case["method"] == "reference" else ours
+    chosen = None
+    if case["method"] == "auto":
+        chosen = nk.empirical.plan_empirical_ntk(model, x, output=case["output"], output_fn=output_fn).method
+    base = _rss()
+    with wrap:
+        times = _time(call, case["repeats"])
+        peak = _peak_rss() - base
+        result = call() if len(times) > 1 else None
     checksum = float(result.double().sum()) if result is not None else None
     return {"seconds": statistics.median(times), "peak": max(peak, 0), "chosen": chosen,
             "checksum": checksum}
@@ -245,6 +329,8 @@ def main() -> None:
         return
 
     methods = list(args.methods)
+    if all(m in MODERN for m in args.models):
+        methods = [m for m in methods if m not in NT_METHODS]
     if not NT_PYTHON.exists() and any(m in NT_METHODS for m in methods):
         print(f"neural-tangents skipped: {NT_PYTHON} not found (run scripts/setup_nt_venv.sh)")
         methods = [m for m in methods if m not in NT_METHODS]
