@@ -33,11 +33,19 @@ def structure_key(model: nn.Module, selected: dict[str, torch.Tensor], x, output
         for name, t in items
     )
     modules = tuple(
-        (name, id(m), type(m), m.training, id(m.__dict__.get("forward")))
+        (name, id(m), type(m), m.training, _override(m))
         for name, m in model.named_modules(remove_duplicate=False)
     )
     inputs = x.signature() if hasattr(x, "signature") else (tuple(x.shape[1:]), x.dtype, x.device)
     return tuple(selected), tensors, modules, inputs, output
+
+
+def _override(module: nn.Module) -> int | None:
+    """Identity of an instance-level ``forward`` (not ntkit's own temporary RNN forward)."""
+    forward = module.__dict__.get("forward")
+    if forward is None or getattr(forward, "ntkit_traceable", False):
+        return None
+    return id(forward)
 
 
 def recall(model: nn.Module, key: tuple, what: str) -> Any:

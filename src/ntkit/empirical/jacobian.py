@@ -28,6 +28,7 @@ from torch.func import jacrev, vjp, vmap
 from .._fast_matmul import matmul
 from ..errors import MemoryBudgetError
 from ._blocks import describe
+from ._memo import recall, remember
 from ._params import Problem
 from .inputs import Examples
 
@@ -119,8 +120,14 @@ class JacobianMethod:
 
     # ------------------------------------------------------------ Jacobians
     def _mode(self, g: int) -> str:
+        """The form for group ``g``: decided on the probe once per model structure (memo)."""
         if g not in self.modes:
-            self.modes[g] = self._check_modes(self.groups[g])
+            what = "jacobian-mode:" + ",".join(self.groups[g])
+            mode = recall(self.problem.model, self.problem.key, what)
+            if mode is None:
+                mode = self._check_modes(self.groups[g])
+                remember(self.problem.model, self.problem.key, what, mode)
+            self.modes[g] = mode
         return self.modes[g]
 
     def _check_modes(self, names: list[str]) -> str:

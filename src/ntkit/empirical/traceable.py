@@ -68,6 +68,7 @@ def _bound(module: nn.Module):
             return type(module).forward(module, input, hx)
         return rnn_forward(module, input, hx)
 
+    forward.ntkit_traceable = True  # not a user override (see ntkit.empirical._memo)
     return forward
 
 
