@@ -434,3 +434,19 @@ def test_linearize_any_model():
     seq = torch.randn(2, 4, 3, dtype=F64)
     with torch.no_grad():
         torch.testing.assert_close(nk.linearize(rnn)(seq), rnn(seq), rtol=1e-12, atol=1e-12)
+
+
+def test_diagonal_batch_of_the_structured_path():
+    """Dense (Gram form), convolution (either form) and norm terms, per example only."""
+    torch.manual_seed(0)
+    mixed = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(),
+                          nn.Conv2d(4, 3, 2), nn.Flatten(), nn.Linear(27, 8), nn.Tanh(),
+                          nn.Linear(8, 2)).double()
+    # wide kernels on few positions: the Gram form (see test_structured_gram_and_jacobian_forms_agree)
+    gram = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 3, 2), nn.Flatten()).double()
+    for model, x in ((mixed, torch.randn(5, 2, 4, 4, dtype=F64)), (gram, torch.randn(4, 8, 4, 4, dtype=F64))):
+        j = naive_jacobian(model, x)
+        want = j.square().sum((1, 2))
+        for method in ("structured", "jacobian", "ntk_vp"):
+            got = empirical_ntk(model, x, output="diagonal_batch", method=method, batch_size=2)
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=0)

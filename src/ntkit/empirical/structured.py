@@ -152,6 +152,24 @@ class StructuredMethod(StructuredPlan):
                     out[j0:j1, i0:i1] = swap(block, output)
         return out
 
+    def self_diagonal(self, f: tuple) -> torch.Tensor:
+        """``(b,)``: ``Σ_o |∂f_o(x_i)/∂w|²`` per example of a feature block, no pairs of
+        different examples (Gram terms: ``Σ_{p,q} <ã_p, ã_q> Σ_{o,c} g[o,c,p] g[o,c,q]``)."""
+        b, terms = f
+        total = None
+        for form, d in terms:
+            if form == "jac":
+                part = d.square().sum((1, 2))
+            else:
+                a, g = d  # (b, G, P, K), (b, o, G, C, P)
+                G, P = a.shape[1], a.shape[2]
+                gram_a = torch.bmm(a.reshape(b * G, P, -1), a.reshape(b * G, P, -1).transpose(1, 2))
+                h = g.transpose(1, 2).reshape(b * G, -1, P)
+                gram_g = torch.bmm(h.transpose(1, 2), h)
+                part = (gram_a * gram_g).reshape(b, -1).sum(1)
+            total = part if total is None else total + part
+        return total
+
     def _self_chunks(self, f: tuple, output: str) -> int:
         """Row chunks for the symmetric block of ``f`` with itself (1: not worth cutting)."""
         b, terms = f
