@@ -43,6 +43,12 @@ class Geometry:
     normalize: Callable[[torch.Tensor], torch.Tensor] | None = None
     #: channels on the trailing axes (dense and LayerNorm) rather than on axis 1
     channels_last: int = 0
+    #: embeddings: the weight is ``(K, C)`` (rows are looked up), not ``(C, K)``
+    transposed: bool = False
+    #: embeddings: the table size, the row that gets no gradient, the float dtype
+    vocab: int = 0
+    padding_idx: int | None = None
+    dtype: torch.dtype | None = None
 
 
 def module_geometry(module: nn.Module) -> Geometry | None:
@@ -77,6 +83,12 @@ def module_geometry(module: nn.Module) -> Geometry | None:
             scales = (float(module.W_std) / math.sqrt(module.fan_in), b_std)
         return Geometry("conv", *scales, 1, tuple(module.kernel_size), tuple(module.stride),
                          (1,) * d, pad_ntk)
+    if isinstance(module, nn.Embedding) and kind.forward is nn.Embedding.forward and (
+        module.max_norm is None and not module.scale_grad_by_freq
+    ):
+        # a lookup is a linear map of the one-hot input: z[p] = Wᵀ onehot(ids[p])
+        return Geometry("embedding", 1.0, 0.0, transposed=True, vocab=module.num_embeddings,
+                        padding_idx=module.padding_idx, dtype=module.weight.dtype)
     return _norm_geometry(module)
 
 
@@ -121,6 +133,11 @@ def _norm_geometry(module: nn.Module) -> Geometry | None:
 def patches(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """Layer input → scaled patches ``(b, G, P, K)`` (``K`` ordered like ``weight.flatten(1)``)."""
     b = x.shape[0]
+    if geo.kind == "embedding":  # one-hot rows (b, 1, P, V); the padding row gets no gradient
+        onehot = F.one_hot(x.reshape(b, 1, -1).long(), geo.vocab).to(geo.dtype)
+        if geo.padding_idx is not None:
+            onehot[..., geo.padding_idx] = 0
+        return onehot
     if geo.kind == "linear":
         x = x.reshape(b, 1, -1, x.shape[-1])
         return x * geo.w_scale if geo.w_scale != 1.0 else x
@@ -141,7 +158,7 @@ def patches(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
 def cotangents(grad: torch.Tensor, geo: Geometry) -> torch.Tensor:
     """``∂f_o/∂z`` as ``(o, b, *z_shape)`` → ``(b, o, G, C, P)``."""
     o, b = grad.shape[:2]
-    if geo.kind == "linear" or geo.channels_last:
+    if geo.kind in ("linear", "embedding") or geo.channels_last:
         channels = math.prod(grad.shape[grad.ndim - max(1, geo.channels_last):])
         g = grad.reshape(o, b, -1, channels).permute(1, 0, 3, 2)
         return g.reshape(b, o, 1, channels, -1)

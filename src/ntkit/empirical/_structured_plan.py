@@ -65,8 +65,8 @@ class StructuredPlan:
                     raise NotApplicableError(
                         f"parameter {name_of[id(p)]!r} belongs to {type(module).__name__} "
                         f"{mname!r}; the structured path supports nn.Linear, nn.Conv1d/2d/3d, "
-                        "ntkit's Dense/Conv layers and the affine parameters of BatchNorm (eval), "
-                        "LayerNorm and GroupNorm"
+                        "ntkit's Dense/Conv layers, nn.Embedding and the affine parameters of "
+                        "BatchNorm (eval), LayerNorm and GroupNorm"
                     )
                 if id(module) not in index:
                     index[id(module)] = len(self.modules)
@@ -196,7 +196,10 @@ class StructuredPlan:
                 if weight.numel() != G * C * k_w:
                     raise NotApplicableError(f"parameter {term.names[0]!r} does not fit its layer's shape")
                 r, s_vec = draw(G, C), draw(k_w)
-                tangents[term.names[0]] = (r.reshape(-1, 1) * s_vec).reshape(weight.shape)
+                direction = r.reshape(-1, 1) * s_vec  # (G·C, K) like a Linear weight
+                if self.geometries[term.uses[0][0]].transposed:  # an embedding table (K, C)
+                    direction = direction.T
+                tangents[term.names[0]] = direction.reshape(weight.shape)
                 left = torch.einsum("gcp,gc->gp", g, r)
                 part = float((left * (a[:, :, :k_w] @ s_vec)).sum())
                 if term.kind == "affine":

@@ -21,7 +21,10 @@ Supported: ``nn.Linear``, ``nn.Conv1d/2d/3d`` (any padding mode, stride, dilatio
 ntkit's ``NTKDense``/``NTKConv`` (both parameterizations), and the per-channel affine
 parameters ``y = γ ⊙ x̂ + β`` of ``BatchNorm`` (eval mode, running statistics), ``LayerNorm``
 and ``GroupNorm``, whose Jacobians ``Σ_p g_o[c, p] x̂[c, p]`` and ``Σ_p g_o[c, p]`` are formed
-per example (they have one entry per channel). A parameter may be shared by
+per example (they have one entry per channel), and ``nn.Embedding`` (without ``max_norm`` or
+``scale_grad_by_freq``): a lookup is the linear map ``z[p] = Wᵀ onehot(ids[p])``, so its
+input Gram is the count of equal tokens, ``Σ_{p,q} [ids_p = ids'_q]``, and the padding row
+gets no gradient. A parameter may be shared by
 several such layers or used by one layer several times. Before first use (once per model
 structure and input layout: :mod:`._memo`), the decomposition is verified on two probe
 examples against autograd: the layer cotangents of one example must not reach the other,
