@@ -236,7 +236,8 @@ def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_
             continue
         cached = caches(runner, n_examples, budget)
         costs[name] = cost_model.COSTS[name](runner if name == "structured" else problem, fp, n1,
-                                             n2, symmetric, pair_output, blocks[name], cached)
+                                             n2, symmetric, pair_output, blocks[name], cached,
+                                             **({"groups": len(runner.groups)} if name == "jacobian" else {}))
     if not costs:
         raise failure
     failures: dict[str, str] = {}

@@ -75,8 +75,16 @@ def _per_pair_outputs(output: str, n_out: int) -> int:
 
 
 def jacobian_cost(problem: Problem, fp: float, n1: int, n2: int, symmetric: bool, output: str,
-                  block: int, cached: bool) -> float:
+                  block: int, cached: bool, groups: int = 1) -> float:
+    """With ``groups > 1`` parameter groups every block pair recomputes both blocks'
+    Jacobians, group by group (a forward and ``o`` backward passes per group)."""
     o, P = problem.n_out, problem.n_params
+    if groups > 1:
+        pair_blocks = _pairs(n1, n2, symmetric, block) / (block * block)
+        evaluations = pair_blocks * 2 * block
+        per_example = groups * o * fp + JACOBIAN_ENTRY * o * P
+        contract = 2 * _pairs(n1, n2, symmetric, block) * _per_pair_outputs(output, o) * P
+        return JACOBIAN_FIXED + evaluations * per_example + contract
     evaluations = _evaluations(n1, n2, symmetric, block, cached)
     per_example = o * fp + JACOBIAN_ENTRY * o * P
     contract = 2 * _pairs(n1, n2, symmetric, block) * _per_pair_outputs(output, o) * P
