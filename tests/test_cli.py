@@ -46,7 +46,7 @@ def test_help_says_what_it_does_with_examples(capsys):
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("bad")
     (d / "nocol.csv").write_text("a,b\n1,2\n3,4\n")
-    (d / "text.csv").write_text("a,label\n1,yes\n2,no\n")
+    (d / "text.csv").write_text("a,label\nlow,1\nhigh,0\n")
     (d / "nan.csv").write_text("a,label\n1,0\n2,\n3,1\n")
     (d / "empty.csv").write_text("")
     (d / "oneclass.csv").write_text("a,label\n" + "".join(f"{i},1\n" for i in range(50)))
@@ -76,7 +76,10 @@ def test_bad_input_in_a_real_process_is_one_line_without_traceback(files, tmp_pa
     [
         (["--dataset", "csv:{d}/nocol.csv", "--target", "label"], "name the target column with --target"),
         (["--dataset", "csv:{d}/nocol.csv"], "no column 'target'"),
-        (["--dataset", "csv:{d}/text.csv", "--target", "label"], "not numeric"),
+        (["--dataset", "csv:{d}/text.csv", "--target", "label"], "column 'a' is not numeric"),
+        (["--classes", "3,12"], "class '12' is not in the target"),
+        (["--arch", "cnn", "--dataset", "wine"], "--arch cnn needs images"),
+        (["--image-shape", "7,7", "--dataset", "digits"], "product is 64"),
         (["--dataset", "csv:{d}/nan.csv", "--target", "label"], "drop or fill those rows"),
         (["--dataset", "csv:{d}/empty.csv"], "is empty"),
         (["--dataset", "csv:{d}/missing.csv"], "does not exist"),

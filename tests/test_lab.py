@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from ntkit.errors import NtkitError
 SLOPE_RANGE = (-0.75, -0.35)
 
 
-def _ntkit(*args: str, timeout: float = 120) -> tuple[subprocess.CompletedProcess, float]:
+def _ntkit(*args: str, timeout: float = 900) -> tuple[subprocess.CompletedProcess, float]:
     """Run the `ntkit` console script (of this interpreter's environment) in a subprocess."""
     exe = Path(sys.executable).with_name("ntkit")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "ntkit.cli"]
@@ -40,11 +41,12 @@ def quick(tmp_path_factory):
     second, _ = _ntkit("lab", "--quick", "--out", str(base / "b"), "--no-progress")
     assert second.returncode == 0, second.stderr
     return {"out": base / "a", "other": base / "b", "seconds": seconds, "stdout": first.stdout,
+            "stderr": first.stderr, "stderr_quiet": second.stderr,
             "metrics": json.loads((base / "a" / "metrics.json").read_text())}
 
 
-def test_quick_run_is_under_a_minute_and_writes_the_report(quick):
-    assert quick["seconds"] < 60, f"ntkit lab --quick took {quick['seconds']:.1f} s"
+def test_quick_run_writes_the_report(quick):
+    # (its time is measured in benchmarks/lab.py, not here)
     out = quick["out"]
     for name in ("report.html", "metrics.json", "config.json"):
         assert (out / name).is_file()
@@ -76,7 +78,7 @@ def test_metrics_show_the_lectures_effects(quick):
     # random labels: fitted to near-zero loss, but in more steps than true labels
     rl = m["random-labels"]
     cond = rl["conditions"]
-    assert cond["random_labels"]["final_loss"] < rl["threshold"] <= 1e-3
+    assert cond["random_labels"]["final_loss"] < rl["threshold"] <= 1e-2
     assert cond["random_labels"]["steps_to_fit"] > cond["true_labels"]["steps_to_fit"]
     assert all(c["steps_to_fit"] is not None for c in cond.values())
     assert rl["test_error"][-1] > rl["test_error"][0] + 0.2
@@ -88,8 +90,29 @@ def test_metrics_show_the_lectures_effects(quick):
     share = m["spectrum"]["share_top"]
     assert share["true"]["top_0.1"] > 0.5 > share["random"]["top_0.1"]
     for c in m["spectrum"]["curves"].values():
-        assert c["max_gap_linearized_vs_K0"] < 1e-6
+        assert c["max_gap_net_vs_K0"] < 0.1
         assert c["max_gap_net_vs_predicted"] < 0.1
+    # every experiment has a status with a reason, and here every one reproduces its paper
+    for name in lab.EXPERIMENT_NAMES:
+        assert m["status"][name]["status"] == "reproduced", (name, m["status"][name])
+
+
+def test_without_a_terminal_each_experiment_logs_timestamped_lines(quick):
+    # the fixture's stderr is a pipe, not a terminal: one line per experiment step
+    lines = quick["stderr"].splitlines()
+    stamp = re.compile(r"^\d\d:\d\d:\d\d ntkit lab: ")
+    assert lines and all(stamp.match(ln) for ln in lines), lines[:5]
+    for name in lab.EXPERIMENT_NAMES:
+        steps = [ln for ln in lines if f"ntkit lab: {name}: " in ln]
+        assert steps, name
+        assert any(f"{name}: done in" in ln for ln in lines), name
+    assert quick["stderr_quiet"] == ""
+
+
+def test_every_figure_is_labelled_and_shows_data(quick):
+    html = (quick["out"] / "report.html").read_text()
+    assert 'class="problem"' not in html
+    assert html.count("data-axis-ranges=") == len(list((quick["out"] / "figures").glob("*.png")))
 
 
 def test_same_seed_gives_the_same_metrics(quick):
@@ -103,7 +126,18 @@ def test_readings_are_generated_from_the_metrics(quick):
     m = quick["metrics"]
     assert f"{m['width']['two_layer']['slope']:.3f}" in html
     steps = m["random-labels"]["conditions"]["random_labels"]["steps_to_fit"]
-    assert f"random labels in {steps} steps" in html
+    assert f"Random labels reached loss 0.01 in {steps} steps" in html
+    for claim in m["random-labels"]["claims"]:
+        assert html_escape(claim["text"]) in html
+    assert "reproduced" in html and 'class="status"' in html
+    # no canned sentence: the old fixed explanation is gone
+    assert "along which gradient descent is slow" not in html
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
 
 
 # ---------------------------------------------------------------------------- atomic writes
@@ -154,7 +188,8 @@ def test_interrupt_from_the_cli_leaves_the_previous_report(previous, monkeypatch
         raise KeyboardInterrupt
 
     monkeypatch.setattr(lab.bound, "run", interrupted)
-    assert main(["lab", "--quick", "--experiments", "width", "bound", "--out", str(out)]) == 130
+    argv = ["lab", "--quick", "--experiments", "width", "bound", "--out", str(out), "--no-progress"]
+    assert main(argv) == 130
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unchanged" in err
     assert _snapshot(out) == before

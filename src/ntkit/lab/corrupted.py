@@ -1,15 +1,13 @@
-"""Fits on partly random labels, shared by the ``random-labels`` and ``bound`` experiments."""
+"""Partly random labels, shared by ``random-labels``, ``bound`` and ``spectrum`` (the fits on
+them are in :mod:`ntkit.lab.fits`)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
 from .context import Context
-from .numbers import error_rate
-from .training import lecture_learning_rate, lecture_net, steps_to_fit, train_mse
 
 
 def corrupted_labels(ctx: Context, fraction: float) -> torch.Tensor:
@@ -31,44 +29,4 @@ def corrupted_labels(ctx: Context, fraction: float) -> torch.Tensor:
     idx = torch.as_tensor(order[:k], device=y.device)
     out = y.clone()
     out[idx] = fresh[idx]
-    return out
-
-
-def corrupted_fit(ctx: Context, fraction: float) -> dict[str, Any]:
-    """Train the lecture's net (width ``rl_width``) on labels of which ``fraction`` were
-    re-drawn at random (:func:`corrupted_labels`, Zhang et al. 2017), until the training loss is below
-    ``rl_threshold`` or ``rl_max_steps`` pass. Shared by ``random-labels`` and ``bound``
-    (memoized in ``ctx.cache``, so a full run trains each net once).
-
-    The net is trained with its initial outputs subtracted, ``f = h − h_0``: targets are
-    shifted to ``y + h_0(X)`` and test predictions are ``h(x) − h_0(x)``. The gradient
-    dynamics are those of ``h``, but the initial residual is the labels themselves — as with
-    the small initialization of Arora et al. 2019 — so that what is being fitted is ``y``,
-    not the random function ``h_0``.
-
-    Returns ``{"labels", "losses", "steps_to_fit", "test_error", "final_loss"}``.
-    """
-    key = ("corrupted_fit", float(fraction))
-    if key in ctx.cache:
-        return ctx.cache[key]
-    s, data = ctx.sizes, ctx.data
-    labels = corrupted_labels(ctx, fraction)
-    lr = ctx.cache.setdefault(("lr", "train"), lecture_learning_rate(data.x_train))
-    net = lecture_net(data.d, s.rl_width, ctx.seed_for("rl-net"), ctx.device)
-    with torch.no_grad():
-        f0, ft0 = net(data.x_train), net(data.x_test)
-    with ctx.bar(s.rl_max_steps, f"fit, {fraction:.0%} random labels") as bar:
-        losses = train_mse(net, data.x_train, labels + f0, lr=lr, steps=s.rl_max_steps,
-                           momentum=s.rl_momentum, stop_below=s.rl_threshold, bar=bar)
-    with torch.no_grad():
-        test_error = error_rate(net(data.x_test) - ft0, data.y_test)
-    out = {
-        "labels": labels,
-        "losses": losses,
-        "steps_to_fit": steps_to_fit(losses, s.rl_threshold),
-        "test_error": test_error,
-        "final_loss": losses[-1],
-        "learning_rate": lr,
-    }
-    ctx.cache[key] = out
     return out

@@ -19,7 +19,6 @@ of steps and at ``t = ∞`` (kernel regression).
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 
 from ..predict import gradient_descent_mse, kernel_regression
 from ..theory import two_layer_finite_ntk, two_layer_ntk
+from . import readings as R
 from .context import Context
 from .numbers import checkpoints, error_rate, fmt, loglog_slope, r, rl
 from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
@@ -67,6 +67,9 @@ def _one_width(ctx: Context, m: int, lr: float, marks: list[int], bar) -> dict:
         rec["output_gap"].append(float(torch.sqrt((gap**2).mean())))
 
     losses = train_mse(net, x, y, lr=lr, steps=s.lazy_steps, on_step=on_step, bar=bar)
+    # t = ∞ of the linearized model: ‖w_∞ − w_0‖ = sqrt(r_0ᵀ K_0⁻¹ r_0) (identity 6 of DESIGN).
+    r0 = (y - f0).reshape(-1)
+    limit = float(torch.sqrt(r0 @ torch.linalg.solve(K0, r0)) / torch.linalg.norm(w0))
     with torch.no_grad():
         out_test = net(xt)
     gap_inf = float(torch.sqrt(((out_test - inf_test) ** 2).mean()))
@@ -76,8 +79,11 @@ def _one_width(ctx: Context, m: int, lr: float, marks: list[int], bar) -> dict:
         "kernel_change": rl(rec["kernel_change"]),
         "output_gap": rl(rec["output_gap"]),
         "output_gap_infinite": r(gap_inf),
+        "weight_change_limit": r(limit),
         "train_loss": r(losses[-1]),
         "test_error": r(error_rate(out_test, data.y_test)),
+        "test_loss": r(float(0.5 * ((out_test - data.y_test) ** 2).mean())),
+        "test_loss_kernel": r(float(0.5 * ((inf_test.reshape(-1) - data.y_test) ** 2).mean())),
     }
 
 
@@ -90,9 +96,8 @@ def run(ctx: Context) -> ExperimentResult:
     K_inf = ctx.cache["lazy_kinf"] = two_layer_ntk(x)
     K_inf_test = ctx.cache["lazy_kinf_test"] = two_layer_ntk(xt, x)
     per_width = []
-    total = len(s.lazy_widths) * s.lazy_steps
-    with ctx.bar(total, "lazy: training nets") as bar:
-        for m in s.lazy_widths:
+    for m in s.lazy_widths:
+        with ctx.bar(s.lazy_steps, f"training the width-{m} net") as bar:
             per_width.append(_one_width(ctx, m, lr, marks, bar))
     widths = [p["width"] for p in per_width]
     final = {key: [p[key][-1] for p in per_width] for key in ("weight_change", "kernel_change", "output_gap")}
@@ -110,8 +115,17 @@ def run(ctx: Context) -> ExperimentResult:
         "test_error_net": [p["test_error"] for p in per_width],
         "test_error_kernel_at_steps": r(error_rate(kernel_T, data.y_test)),
         "test_error_kernel_regression": r(error_rate(kernel_inf, data.y_test)),
+        "test_loss_net": [p["test_loss"] for p in per_width],
+        "test_loss_kernel_same_init": [p["test_loss_kernel"] for p in per_width],
+        "test_loss_kernel_at_steps": r(float(0.5 * ((kernel_T - data.y_test) ** 2).mean())),
+        "test_loss_kernel_regression": r(float(0.5 * ((kernel_inf - data.y_test) ** 2).mean())),
         "train_loss_net": [p["train_loss"] for p in per_width],
+        "weight_change_limit": [p["weight_change_limit"] for p in per_width],
     }
+    claims_t = _claims_training(metrics)
+    claims_w = _claims_width(metrics)
+    claims_e = _claims_error(metrics)
+    metrics["claims"] = [c.as_dict() for c in claims_t + claims_w + claims_e]
     summary = [
         SummaryRow(
             f"rel. weight change, m={widths[0]} → {widths[-1]}",
@@ -129,8 +143,8 @@ def run(ctx: Context) -> ExperimentResult:
             "falls with m",
         ),
         SummaryRow(
-            "test error: widest net vs NTK predictor",
-            f"{fmt(metrics['test_error_net'][-1])} vs {fmt(metrics['test_error_kernel_at_steps'])}",
+            "test loss: widest net vs NTK predictor",
+            f"{fmt(metrics['test_loss_net'][-1])} vs {fmt(metrics['test_loss_kernel_same_init'][-1])}",
             "close",
         ),
     ]
@@ -146,105 +160,131 @@ def run(ctx: Context) -> ExperimentResult:
             "put, and the net follows its linearization around the initial weights."
         ),
         metrics=metrics,
-        figures=[_figure_training(metrics), _figure_width(metrics), _figure_error(metrics)],
+        figures=[_figure_training(metrics, claims_t), _figure_width(metrics, claims_w),
+                 _figure_error(metrics, claims_e)],
         summary=summary,
+        claims=claims_t + claims_w + claims_e,
     )
 
 
-def _falls(values: list[float]) -> str:
-    if all(b < a for a, b in itertools.pairwise(values)):
-        return "falls at every step in width"
-    if values[-1] < values[0]:
-        return "falls overall (not at every step in width)"
-    return "does not fall"
+LEE = "Lee et al. 2019"
+NAMES = {"weight_change": "the relative weight change", "kernel_change": "the relative kernel change",
+         "output_gap": "the RMS gap to the linearization"}
 
 
-def _figure_training(m: dict) -> LabFigure:
-    fig, axes = new_figure(3, width=4.2, height=3.6)
+def _claims_training(m: dict) -> list[R.Claim]:
+    widest = m["per_width"][-1]
+    claims = [R.settles(widest[k], f"{NAMES[k]} of the width-{widest['width']} net", key=False)
+              for k in NAMES]
+    parts = []
+    for p in m["per_width"]:
+        lim = p["weight_change_limit"]
+        if lim:
+            parts.append(f"{p['weight_change'][-1] / lim:.0%} at m={p['width']}")
+    if parts:
+        claims.append(R.note(
+            f"After {m['steps']} steps the weight change has covered " + ", ".join(parts) + " of its "
+            "t = ∞ value sqrt(r₀ᵀK₀⁻¹r₀)/‖w₀‖ (dashed), the distance the linearized model travels to "
+            "interpolate; the slow directions of the kernel (small eigenvalues) are what remains."))
+    return claims
+
+
+def _claims_width(m: dict) -> list[R.Claim]:
+    f, sl, w = m["final"], m["slopes"], m["widths"]
+    claims = [R.falls(f[k], w, f"{NAMES[k]} after {m['steps']} steps") for k in NAMES]
+    claims.append(R.slope_band(sl["weight_change"], "the relative weight change against width",
+                               paper=f"the m^(−1/2) rate ({LEE})"))
+    claims.append(R.note(
+        f"The kernel change falls with slope {fmt(sl['kernel_change'])} and the gap with slope "
+        f"{fmt(sl['output_gap'])}; theory bounds both by O(m^(−1/2)) ({LEE}), so steeper slopes agree "
+        "with it. The gap to the infinite-width NTK predictor (same initial outputs) goes from "
+        f"{fmt(m['final_output_gap_infinite'][0])} to {fmt(m['final_output_gap_infinite'][-1])}: it also "
+        "contains the fluctuation of the finite kernel around K_∞."))
+    return claims
+
+
+def _claims_error(m: dict) -> list[R.Claim]:
+    net, ker = m["test_loss_net"][-1], m["test_loss_kernel_same_init"][-1]
+    gap = abs(net - ker) / max(ker, 1e-300)
+    what = (f"the relative difference of the widest net's test loss and the infinite-width NTK "
+            f"predictor's (same initial outputs) after {m['steps']} steps ({fmt(net)} vs {fmt(ker)})")
+    claims = [R.below(gap, 0.25, what, paper=LEE)]
+    claims.append(R.note(
+        "Test errors (sign against ±1): "
+        + ", ".join(f"{fmt(e)} at m={wd}" for wd, e in zip(m["widths"], m["test_error_net"]))
+        + f"; NTK predictor after {m['steps']} steps {fmt(m['test_error_kernel_at_steps'])}, kernel "
+        f"regression (t = ∞) {fmt(m['test_error_kernel_regression'])}."))
+    return claims
+
+
+def _figure_training(m: dict, claims: list[R.Claim]) -> LabFigure:
+    fig, axes = new_figure(3, width=4.2, height=3.8)
     steps = np.asarray(m["checkpoints"], float)
-    labels = {"weight_change": "‖w_t − w_0‖ / ‖w_0‖", "kernel_change": "‖K_t − K_0‖ / ‖K_0‖",
-              "output_gap": "RMS(f_net − f_lin) on test"}
+    labels = {"weight_change": "‖w_t − w_0‖ / ‖w_0‖", "kernel_change": "‖K_t − K_0‖_F / ‖K_0‖_F",
+              "output_gap": "RMS(f_net − f_lin) on test points"}
     for ax, key in zip(axes, labels):
         for i, p in enumerate(m["per_width"]):
             vals = np.asarray(p[key], float)
             keep = vals > 0
             ax.plot(steps[keep] + 1, vals[keep], "o-", ms=3, color=f"C{i}", label=f"m={p['width']}")
+            if key == "weight_change" and p["weight_change_limit"]:
+                ax.axhline(p["weight_change_limit"], color=f"C{i}", ls="--", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("step + 1")
-        ax.set_title(labels[key], fontsize=10)
+        ax.set_xlabel("gradient-descent step + 1")
+        ax.set_ylabel(labels[key] + " (relative)" if key != "output_gap" else labels[key] + " (label units)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    per = m["per_width"]
-    reading = (
-        f"Over {m['steps']} steps of gradient descent, every quantity grows from zero and then "
-        "settles; the wider the net, the smaller it stays. After the last step the relative "
-        f"weight change is {fmt(per[0]['weight_change'][-1])} at width {per[0]['width']} and "
-        f"{fmt(per[-1]['weight_change'][-1])} at width {per[-1]['width']}; the relative kernel "
-        f"change is {fmt(per[0]['kernel_change'][-1])} and {fmt(per[-1]['kernel_change'][-1])}; "
-        f"the RMS gap between the net's test outputs and its linearization's closed-form "
-        f"prediction is {fmt(per[0]['output_gap'][-1])} and {fmt(per[-1]['output_gap'][-1])} "
-        "(labels are ±1)."
-    )
+    axes[0].legend(fontsize=7, loc="lower right")
+    axes[0].set_title("dashed: t = ∞ value", fontsize=9)
+    reading = (f"Over {m['steps']} steps of gradient descent (η = {fmt(m['learning_rate'])}), at widths "
+               f"{', '.join(map(str, m['widths']))}. " + R.paragraph(claims))
     return LabFigure("lazy_training", "Distance from the linear regime during training", fig, reading)
 
 
-def _figure_width(m: dict) -> LabFigure:
+def _figure_width(m: dict, claims: list[R.Claim]) -> LabFigure:
     fig, ax = new_figure()
     w = np.asarray(m["widths"], float)
     names = {"weight_change": "rel. weight change", "kernel_change": "rel. kernel change",
              "output_gap": "RMS gap to linearization (K_0)"}
     for i, key in enumerate(names):
         ax.plot(w, m["final"][key], "o-", color=f"C{i}",
-                label=f"{names[key]}: slope {m['slopes'][key]:.2f}")
+                label=f"{names[key]}: fitted slope {m['slopes'][key]:.2f}")
+        fit = np.polyfit(np.log(w), np.log(np.asarray(m["final"][key], float)), 1)
+        ax.plot(w, np.exp(np.polyval(fit, np.log(w))), "-", color=f"C{i}", lw=0.6, alpha=0.6)
     ax.plot(w, m["final_output_gap_infinite"], "s--", color="C3", label="RMS gap to NTK predictor (K_∞)")
     ref = m["final"]["weight_change"][0] * (w / w[0]) ** -0.5
-    ax.plot(w, ref, ":", color="gray", label="slope −1/2")
+    ax.plot(w, ref, ":", color="gray", label="slope −1/2 (theory)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("width m")
-    ax.set_title(f"after {m['steps']} steps", fontsize=10)
+    ax.set_xlabel("hidden width m (units)")
+    ax.set_ylabel(f"value after {m['steps']} steps (relative / label units)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    f, sl = m["final"], m["slopes"]
-    reading = (
-        f"After {m['steps']} steps, against width: the relative weight change {_falls(f['weight_change'])} "
-        f"(log-log slope {sl['weight_change']:.2f}), the relative kernel change "
-        f"{_falls(f['kernel_change'])} (slope {sl['kernel_change']:.2f}) and the RMS gap to the "
-        f"linearized prediction {_falls(f['output_gap'])} (slope {sl['output_gap']:.2f}). Theory: "
-        "‖w − w0‖ stays of order 1 while ‖w0‖ grows like √m, so the relative weight change "
-        "falls like m^(−1/2); the kernel change and the gap are O(m^(−1/2)) (Lee et al. 2019), "
-        "so slopes at or below −1/2 agree with it. The "
-        "gap to the infinite-width NTK predictor (same initial outputs) goes from "
-        f"{fmt(m['final_output_gap_infinite'][0])} to {fmt(m['final_output_gap_infinite'][-1])}: "
-        "it also contains the fluctuation of the finite kernel around K_∞."
-    )
+    ax.legend(fontsize=7, loc="lower left")
+    reading = f"After {m['steps']} steps, against width. " + R.paragraph(claims)
     return LabFigure("lazy_width", "Distance from the linear regime against width", fig, reading)
 
 
-def _figure_error(m: dict) -> LabFigure:
+def _figure_error(m: dict, claims: list[R.Claim]) -> LabFigure:
     fig, ax = new_figure()
     w = np.asarray(m["widths"], float)
-    ax.plot(w, m["test_error_net"], "o-", label="trained net")
-    ax.axhline(m["test_error_kernel_at_steps"], color="C1", ls="--",
-               label=f"NTK predictor after {m['steps']} steps")
-    ax.axhline(m["test_error_kernel_regression"], color="C2", ls=":", label="NTK regression (t = ∞)")
+    ax.plot(w, m["test_loss_net"], "o-", label="trained net")
+    ax.plot(w, m["test_loss_kernel_same_init"], "s--", color="C1",
+            label=f"K_∞ predictor after {m['steps']} steps, same f_0")
+    ax.axhline(m["test_loss_kernel_at_steps"], color="C2", ls=":",
+               label=f"K_∞ predictor after {m['steps']} steps, f_0 = 0")
     ax.set_xscale("log")
-    ax.set_xlabel("width m")
-    ax.set_ylabel("test error")
-    top = max(max(m["test_error_net"]), m["test_error_kernel_at_steps"], m["test_error_kernel_regression"])
-    ax.set_ylim(0, max(0.05, 1.25 * top))
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    errs = m["test_error_net"]
-    reading = (
-        "Test error (sign of the output against the ±1 labels) of the trained nets: "
-        + ", ".join(f"{fmt(e)} at width {wd}" for wd, e in zip(m["widths"], errs))
-        + f". The infinite-width NTK predictor after the same {m['steps']} steps errs on "
-        f"{fmt(m['test_error_kernel_at_steps'])} of the test points and kernel regression "
-        f"(t = ∞) on {fmt(m['test_error_kernel_regression'])}; the widest net differs from the "
-        f"former by {fmt(abs(errs[-1] - m['test_error_kernel_at_steps']))}."
-    )
-    if not math.isfinite(errs[-1]):  # pragma: no cover - defensive
+    ax.set_yscale("log")
+    ax.set_xlabel("hidden width m (units)")
+    ax.set_ylabel("test loss (1/2n)‖f − y‖² (labels ±1)")
+    vals = [*m["test_loss_net"], *m["test_loss_kernel_same_init"], m["test_loss_kernel_at_steps"]]
+    vals = [v for v in vals if v and v > 0]
+    ax.set_ylim(min(vals) / 2, max(vals) * 2)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    reading = ("Test loss of the trained nets against width, with the infinite-width NTK predictor "
+               "started from each net's initial outputs f_0 and from f_0 = 0 (the loss, unlike the "
+               "test error, stays visible when both classify almost every test point right). "
+               + R.paragraph(claims))
+    if not math.isfinite(m["test_loss_net"][-1] or float("nan")):  # pragma: no cover - defensive
         reading += " (The widest net diverged.)"
-    return LabFigure("lazy_test_error", "Test error: nets against the kernel predictor", fig, reading)
+    return LabFigure("lazy_test_error", "Test loss: nets against the kernel predictor", fig, reading)

@@ -32,6 +32,40 @@ class ReportError(NtkitError):
     """The report cannot be written where it was asked to go."""
 
 
+def axis_ranges(fig: Any) -> list[tuple[float, float, float, float]]:
+    """``(x_lo, x_hi, y_lo, y_hi)`` of every axes of ``fig`` (recorded in the HTML)."""
+    fig.canvas.draw_idle()
+    return [(*ax.get_xlim(), *ax.get_ylim()) for ax in fig.axes]
+
+
+def figure_problems(fig: Any) -> list[str]:
+    """What would make a figure unpublishable: an axes without a label, an empty or
+    non-finite axis range, or no finite data drawn. ``[]`` when fine."""
+    import math
+
+    problems = []
+    for i, ax in enumerate(fig.axes):
+        twin = any(other is not ax and other.bbox.bounds == ax.bbox.bounds for other in fig.axes[:i])
+        if not ax.get_ylabel():
+            problems.append(f"axes {i} has no y label")
+        if not twin and not ax.get_xlabel():
+            problems.append(f"axes {i} has no x label")
+        x0, x1, y0, y1 = (*ax.get_xlim(), *ax.get_ylim())
+        if not all(math.isfinite(v) for v in (x0, x1, y0, y1)) or x0 == x1 or y0 == y1:
+            problems.append(f"axes {i} has an empty or non-finite range {(x0, x1, y0, y1)}")
+        drawn = 0
+        for line in ax.get_lines():
+            xs, ys = line.get_xdata(), line.get_ydata()
+            try:
+                drawn += sum(1 for a, b in zip(xs, ys) if math.isfinite(float(a)) and math.isfinite(float(b)))
+            except (TypeError, ValueError):
+                drawn += 1
+        drawn += len(ax.collections)
+        if drawn == 0:
+            problems.append(f"axes {i} shows no finite data")
+    return problems
+
+
 def png_bytes(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
@@ -113,6 +147,8 @@ th, td { border: 1px solid #ddd; padding: 0.25rem 0.6rem; text-align: left; }
 th { background: #f5f5f5; }
 .meta { color: #555; font-size: 0.92rem; }
 code { background: #f3f3f3; padding: 0 0.2rem; }
+td.status { min-width: 12rem; max-width: 22rem; }
+.reason { font-size: 0.85rem; color: #444; }
 """
 
 
@@ -132,7 +168,9 @@ def render_html(result: LabResult, images: dict[str, bytes]) -> str:
         f"Data: <code>{e(data['name'])}</code>, two-class subset "
         f"({e(data['classes']['+1'])} → +1, {e(data['classes']['-1'])} → −1), "
         f"{data['n_train']} training and {data['n_test']} test examples of {data['features']} "
-        f"features (centred, unit norm). Seed {cfg['seed']}, "
+        f"{'pixels' if data.get('inputs') == 'images' else 'features'} "
+        f"({e(data.get('preprocessing', 'centred, unit norm'))}). Network of random-labels and bound: "
+        f"<code>{e(str(cfg.get('arch', 'fc')))}</code>. Seed {cfg['seed']}, "
         f"{'quick sizes' if cfg['quick'] else 'default sizes'}, device {e(cfg['device'])}. "
         f"ntkit {e(cfg['versions']['ntkit'])}, torch {e(cfg['versions']['torch'])}. "
         "Every number in this report is in <code>metrics.json</code>; the run's settings are "
@@ -145,8 +183,13 @@ def render_html(result: LabResult, images: dict[str, bytes]) -> str:
         parts.append(f"<p>{e(exp.intro)}</p>")
         for fig in exp.figures:
             b64 = base64.b64encode(images[fig.name]).decode("ascii")
+            ranges = ";".join(",".join(f"{v:.6g}" for v in rng) for rng in axis_ranges(fig.figure))
+            problems = figure_problems(fig.figure)
+            if problems:  # shown, never hidden (the tests require there are none)
+                parts.append(f'<p class="problem">Figure {e(fig.name)}: {e("; ".join(problems))}</p>')
             parts.append(
-                f'<figure id="fig-{e(fig.name)}"><img src="data:image/png;base64,{b64}" '
+                f'<figure id="fig-{e(fig.name)}" data-axis-ranges="{e(ranges)}">'
+                f'<img src="data:image/png;base64,{b64}" '
                 f'alt="{e(fig.title)}" width="{int(fig.figure.get_figwidth() * 100)}">'
                 f"<figcaption><b>{e(fig.title)}.</b> {e(fig.reading)}</figcaption></figure>"
             )
@@ -163,19 +206,26 @@ def render_html(result: LabResult, images: dict[str, bytes]) -> str:
 
 def _summary_table(result: LabResult) -> str:
     e = html.escape
-    rows = ["<table><tr><th>experiment</th><th>measure</th><th>value</th><th>theory</th></tr>"]
+    rows = ["<table><tr><th>experiment</th><th>status</th><th>measure</th><th>value</th>"
+            "<th>theory</th></tr>"]
     for exp in result.experiments:
-        for row in exp.summary:
-            rows.append(
-                f'<tr><td><a href="#{e(exp.name)}">{e(exp.name)}</a></td><td>{e(row.measure)}</td>'
-                f"<td>{e(row.value)}</td><td>{e(row.expected)}</td></tr>"
-            )
+        st, reason = exp.status
+        span = max(len(exp.summary), 1)
+        for k, row in enumerate(exp.summary or [None]):
+            head = ""
+            if k == 0:
+                head = (f'<td rowspan="{span}"><a href="#{e(exp.name)}">{e(exp.name)}</a></td>'
+                        f'<td rowspan="{span}" class="status"><b>{e(st)}</b><br>'
+                        f'<span class="reason">{e(reason)}</span></td>')
+            cells = "<td></td><td></td><td></td>" if row is None else (
+                f"<td>{e(row.measure)}</td><td>{e(row.value)}</td><td>{e(row.expected)}</td>")
+            rows.append(f"<tr>{head}{cells}</tr>")
     rows.append("</table>")
     return "\n".join(rows)
 
 
 def summary_text(result: LabResult) -> str:
-    """The terminal summary: one table of what each experiment measured."""
+    """The terminal summary: each experiment's status and reason, then what it measured."""
     header = ("experiment", "measure", "value", "theory")
     rows = [header] + [
         (exp.name, row.measure, row.value, row.expected)
@@ -184,6 +234,10 @@ def summary_text(result: LabResult) -> str:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
+    for exp in result.experiments:
+        st, reason = exp.status
+        lines.append(f"{exp.name}: {st.upper()} — {reason}")
+    lines.append("")
     for k, row in enumerate(rows):
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
         if k == 0:

@@ -33,7 +33,10 @@ class SummaryRow:
 
 @dataclass
 class ExperimentResult:
-    """What an experiment returns: JSON-ready metrics, figures and summary lines."""
+    """What an experiment returns: JSON-ready metrics, figures, summary lines, and the
+    checked claims of its readings with the status they give
+    (:func:`ntkit.lab.readings.status`: ``reproduced`` / ``not reproduced`` /
+    ``inconclusive``, and the reason)."""
 
     name: str
     title: str
@@ -41,6 +44,13 @@ class ExperimentResult:
     metrics: dict[str, Any]
     figures: list[LabFigure] = field(default_factory=list)
     summary: list[SummaryRow] = field(default_factory=list)
+    claims: list[Any] = field(default_factory=list)
+
+    @property
+    def status(self) -> tuple[str, str]:
+        from .readings import status
+
+        return status(self.claims)
 
 
 def new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.0) -> tuple[Figure, Any]:

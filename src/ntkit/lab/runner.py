@@ -17,8 +17,9 @@ import torch
 
 from ..errors import DataError, ParameterError
 from .config import EXPERIMENT_NAMES, Sizes
-from .context import Context
+from .context import Context, log_line
 from .dataset import prepare
+from .models import ARCHS, lab_model
 from .results import ExperimentResult
 
 _MODULES = {
@@ -35,7 +36,7 @@ class LabResult:
     """The outcome of :func:`run`.
 
     Attributes:
-        experiments: one :class:`~ntkit.lab.results.ExperimentResult` per experiment, in order
+        experiments: one :class:`~ntkit.lab.common.ExperimentResult` per experiment, in order
             (``.metrics``, ``.figures`` with matplotlib figures and readings, ``.summary``).
         metrics: what ``metrics.json`` holds: ``{"data": ..., "seed": ..., "quick": ...,
             "experiments": [...], <name>: <that experiment's metrics>, ...}``.
@@ -114,8 +115,12 @@ def run(
     device: str | torch.device | None = "cpu",
     out: str | os.PathLike[str] | None = None,
     sizes: Sizes | dict[str, Any] | None = None,
-    progress: bool = False,
+    progress: bool | str = False,
     threads: int | None = None,
+    arch: str = "fc",
+    classes: str | tuple[str, str] | None = None,
+    standardize: bool = True,
+    image_shape: str | tuple[int, ...] | None = None,
 ) -> LabResult:
     """Run lab experiments and (with ``out``) write the report.
 
@@ -132,7 +137,16 @@ def run(
         out: folder for ``report.html``, ``figures/``, ``metrics.json``, ``config.json``;
             written atomically. ``None``: write nothing.
         sizes: a :class:`Sizes`, or a dict of fields overriding the preset.
-        progress: show progress bars on stderr.
+        progress: ``True``/``"bar"``: tqdm bars on stderr; ``"log"``: one timestamped line
+            per experiment step on stderr (for CI, nohup, files); ``False``: silent.
+        arch: the network of ``random-labels`` and ``bound`` (:mod:`ntkit.lab.models`):
+            ``"fc"`` (the lecture's two-layer ReLU net, default) or ``"cnn"`` (a small CNN and
+            its CNTK; needs images).
+        classes: the two classes, ``"A,B"`` or ``("A", "B")`` (``A`` is ``+1``); default: the
+            two most frequent (:mod:`ntkit.lab.dataset`).
+        standardize: standardize the inputs before putting them on the sphere (default);
+            ``False`` only centres them.
+        image_shape: ``"H,W"`` / ``"C,H,W"`` for flat rows that are images (CSV/NPZ).
         threads: torch CPU threads during the run (default 1; restored afterwards). The
             lab's matrices have a few hundred rows: one thread is about as fast as two on an
             idle machine and several times faster on a busy one (benchmarks/RESULTS.md), and a
@@ -164,6 +178,8 @@ def run(
         threads = 1
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ParameterError(f"threads must be a positive integer, got {threads!r}")
+    if arch not in ARCHS:
+        raise ParameterError(f"unknown architecture {arch!r}; use fc or cnn")
     if out is not None:
         from .report import _check_destination
 
@@ -171,14 +187,18 @@ def run(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(names, dataset, target, seed, bool(quick), dev, out, preset, progress, threads)
+        opts = {"arch": arch, "classes": classes, "standardize": bool(standardize),
+                "image_shape": image_shape}
+        return _run(names, dataset, target, seed, bool(quick), dev, out, preset, progress, threads, opts)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(names, dataset, target, seed, quick, dev, out, preset, progress, threads) -> LabResult:
+def _run(names, dataset, target, seed, quick, dev, out, preset, progress, threads, opts) -> LabResult:
     start = time.perf_counter()
-    data = prepare(dataset, preset, seed, dev, target=target)
+    data = prepare(dataset, preset, seed, dev, target=target, classes=opts["classes"],
+                   standardize=opts["standardize"], image_shape=opts["image_shape"])
+    model = lab_model(opts["arch"], data, preset.rl_width, preset.cnn_channels)
     modules = {n: import_module(f"{__package__}.{_MODULES[n]}") for n in names}
     n_train, n_test = int(data.x_train.shape[0]), int(data.x_test.shape[0])
     for n, mod in modules.items():
@@ -189,30 +209,44 @@ def _run(names, dataset, target, seed, quick, dev, out, preset, progress, thread
                 f"and {n_test} ({data.n_available} examples in its two largest classes, at most "
                 f"70% of them train); use more data or leave {n!r} out with --experiments"
             )
-    ctx = Context(data=data, sizes=preset, seed=seed, device=dev, progress=progress)
+    ctx = Context(data=data, sizes=preset, seed=seed, device=dev, progress=progress, model=model)
     results: list[ExperimentResult] = []
     timings: dict[str, float] = {"data": round(time.perf_counter() - start, 3)}
     for i, n in enumerate(names, 1):
-        if progress:
+        ctx.experiment = n
+        if progress == "log":
+            log_line(f"[{i}/{len(names)}] {n}: start")
+        elif progress:
             print(f"[{i}/{len(names)}] {n} ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         results.append(modules[n].run(ctx))
         timings[n] = round(time.perf_counter() - t0, 3)
+        if progress == "log":
+            st, _reason = results[-1].status
+            log_line(f"[{i}/{len(names)}] {n}: done in {timings[n]:.1f} s ({st})")
     timings["total"] = round(time.perf_counter() - start, 3)
     metrics: dict[str, Any] = {
         "data": data.summary(),
         "seed": seed,
         "quick": bool(quick),
         "experiments": names,
+        "arch": model.name,
+        "status": {},
     }
     for res in results:
         metrics[res.name] = res.metrics
+        st, reason = res.status
+        metrics["status"][res.name] = {"status": st, "reason": reason}
     config = {
         "seed": seed,
         "dataset": dataset,
         "target": target,
         "data": data.summary(),
         "quick": bool(quick),
+        "arch": model.name,
+        "classes": opts["classes"] if opts["classes"] is None else list(data.classes),
+        "standardize": opts["standardize"],
+        "image_shape": None if data.image_shape is None else list(data.image_shape),
         "device": str(dev),
         "experiments": names,
         "sizes": preset.as_dict(),

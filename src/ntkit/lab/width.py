@@ -25,6 +25,7 @@ import torch
 from ..empirical import empirical_ntk
 from ..infinite import mlp
 from ..theory import two_layer_finite_ntk, two_layer_ntk
+from . import readings as R
 from .context import Context
 from .numbers import fmt, loglog_slope, r, rel, rl
 from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
@@ -34,7 +35,7 @@ TITLE = "Width: the empirical NTK converges to its infinite-width limit"
 MIN_TRAIN = 10
 MIN_TEST = 0
 #: Slopes within this range count as the ``−1/2`` rate in the readings.
-SLOPE_RANGE = (-0.75, -0.35)
+SLOPE_RANGE = R.SLOPE_BAND
 
 
 def _deep_arch(width: int):
@@ -44,7 +45,8 @@ def _deep_arch(width: int):
 def _sweep(ctx: Context, label: str, widths, exact, finite) -> dict:
     s = ctx.sizes
     means, stds = [], []
-    with ctx.bar(len(widths) * s.width_seeds, f"width: {label}") as bar:
+    desc = f"{label} net, {len(widths)} widths × {s.width_seeds} seeds"
+    with ctx.bar(len(widths) * s.width_seeds, desc) as bar:
         for m in widths:
             errs = []
             for k in range(s.width_seeds):
@@ -90,6 +92,13 @@ def run(ctx: Context) -> ExperimentResult:
         "slope": two["slope"],
         "expected_slope": -0.5,
     }
+    claims = [
+        R.slope_band(two["slope"], "the two-layer net's error against width"),
+        R.slope_band(deep["slope"], "the depth-3 net's error against width"),
+        R.falls(two["relative_error"], two["widths"], "the two-layer net's error"),
+        R.falls(deep["relative_error"], deep["widths"], "the depth-3 net's error", key=False),
+    ]
+    metrics["claims"] = [c.as_dict() for c in claims]
     return ExperimentResult(
         name="width",
         title=TITLE,
@@ -100,7 +109,8 @@ def run(ctx: Context) -> ExperimentResult:
             f"{x.shape[0]} training inputs, averaged over {s.width_seeds} random initializations."
         ),
         metrics=metrics,
-        figures=[_figure(metrics)],
+        figures=[_figure(metrics, claims)],
+        claims=claims,
         summary=[
             SummaryRow("slope, two-layer ReLU (lecture)", fmt(two["slope"]), "-0.5"),
             SummaryRow("slope, depth-3 ReLU", fmt(deep["slope"]), "-0.5"),
@@ -111,14 +121,7 @@ def run(ctx: Context) -> ExperimentResult:
     )
 
 
-def _verdict(slope: float) -> str:
-    lo, hi = SLOPE_RANGE
-    if lo <= slope <= hi:
-        return "consistent with the 1/√m rate"
-    return "outside the range [−0.75, −0.35] that we count as the 1/√m rate"
-
-
-def _figure(m: dict) -> LabFigure:
+def _figure(m: dict, claims: list) -> LabFigure:
     fig, ax = new_figure()
     for key, label, color in (("two_layer", "two-layer ReLU (lecture)", "C0"),
                               ("depth3", "depth-3 ReLU, NTK param.", "C1")):
@@ -134,19 +137,13 @@ def _figure(m: dict) -> LabFigure:
     ax.plot(w0, ref, ":", color="gray", label="slope −1/2 (theory)")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("width m")
-    ax.set_ylabel("‖K_m − K_∞‖_F / ‖K_∞‖_F")
+    ax.set_xlabel("hidden width m (units per layer)")
+    ax.set_ylabel("relative error ‖K_m − K_∞‖_F / ‖K_∞‖_F")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    two, deep = m["two_layer"], m["depth3"]
     reading = (
-        f"On {m['n_points']} inputs, the relative error of the lecture's two-layer ReLU net falls "
-        f"from {fmt(two['relative_error'][0])} at width {two['widths'][0]} to "
-        f"{fmt(two['relative_error'][-1])} at width {two['widths'][-1]}; the fitted log-log slope "
-        f"is {two['slope']:.3f}, {_verdict(two['slope'])}. For the depth-3 ReLU net the error falls "
-        f"from {fmt(deep['relative_error'][0])} (width {deep['widths'][0]}) to "
-        f"{fmt(deep['relative_error'][-1])} (width {deep['widths'][-1]}), slope {deep['slope']:.3f}, "
-        f"{_verdict(deep['slope'])}. Error bars are the standard deviation over "
-        f"{m['seeds']} initializations; the dotted line has the theoretical slope −1/2."
+        f"Relative error of the empirical NTK on {m['n_points']} inputs, mean and standard deviation "
+        f"over {m['seeds']} initializations; dashed: least-squares fits, dotted: slope −1/2. "
+        + R.paragraph(claims)
     )
     return LabFigure("width_convergence", "Empirical vs analytic NTK against width", fig, reading)
