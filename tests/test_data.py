@@ -64,11 +64,20 @@ def test_csv_default_target_column_and_float_targets(tmp_path):
     assert X.shape == (2, 1) and y.dtype == np.float64
 
 
+def test_string_class_labels_are_kept_as_text(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("a,label\n1,yes\n2, no\n3,yes\n")
+    X, y = load_dataset(f"csv:{p}", target="label")
+    assert y.dtype.kind == "U" and y.tolist() == ["yes", "no", "yes"] and X.tolist() == [[1.0], [2.0], [3.0]]
+    p.write_text("a,label\n1,yes\n2,\n")
+    with pytest.raises(DataError, match="missing"):
+        load_dataset(f"csv:{p}", target="label")
+
+
 @pytest.mark.parametrize(
     ("text", "target", "match"),
     [
         ("a,b\n1,2\n", "label", r"no column 'label' \(columns: a, b\).*--target"),
-        ("a,label\n1,yes\n2,no\n", "label", r"target column 'label' is not numeric.*encode"),
         ("a,c,label\n1,x,0\n", "label", r"column 'c' is not numeric.*drop or encode"),
         ("a,label\n1,0\n,1\n3,nan\n", "label", r"2 row\(s\) with missing.*line 3, 4.*drop or fill"),
         ("a,label\n", "label", r"header but no data rows"),

@@ -89,7 +89,7 @@ def run(ctx: Context) -> ExperimentResult:
         and all(c["steps_to_fit"] is not None for c in conditions.values()),
     }
     names = condition_labels(data.unit)
-    claims_a = _claims_conditions(metrics, names, ctx.model.name)
+    claims_a = _claims_conditions(metrics, names, ctx.model.name, data.unit)
     claims_b = _claims_steps(metrics)
     claims_c = _claims_error(metrics)
     metrics["claims"] = [c.as_dict() for c in claims_a + claims_b + claims_c]
@@ -136,7 +136,7 @@ def _steps(k: int | None) -> str:
     return "not fitted" if k is None else str(k)
 
 
-def _claims_conditions(m: dict, names: dict[str, str], arch: str) -> list[R.Claim]:
+def _claims_conditions(m: dict, names: dict[str, str], arch: str, unit: str) -> list[R.Claim]:
     cond = m["conditions"]
     claims = [R.reached(c["steps_to_fit"], c["final_loss"], m["threshold"], m["max_steps"], names[k])
               for k, c in cond.items()]
@@ -156,8 +156,11 @@ def _claims_conditions(m: dict, names: dict[str, str], arch: str) -> list[R.Clai
             "permutation invariant: the NTK is the same as for the true inputs, so in the lazy "
             f"regime {names['shuffled_pixels']} train like the true inputs "
             f"({_steps(cond['shuffled_pixels']['steps_to_fit'])} vs {_steps(st)} steps; any difference "
-            "comes from the one finite initialization). Zhang et al. shuffle pixels to destroy the "
-            "locality a CNN exploits; run with --arch cnn on images to see it."
+            "comes from the one finite initialization). "
+            + ("Zhang et al. shuffle pixels to destroy the locality a CNN exploits; run with --arch cnn "
+               "to see it." if unit == "pixel" else
+               "Zhang et al. shuffle image positions to destroy the locality a CNN exploits; tabular "
+               "features have no locality, so this condition cannot differ here.")
         ))
     return claims
 
