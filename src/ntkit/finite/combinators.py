@@ -11,11 +11,17 @@ import torch
 from torch import nn
 
 
-def call_with_mask(module: nn.Module, x, mask: torch.Tensor | None):
-    """``module(x, mask=mask)`` for modules that take masks (``takes_mask``), else ``module(x)``."""
+def call_with_mask(module: nn.Module, x, mask: torch.Tensor | None, pattern: torch.Tensor | None = None):
+    """``module(x, mask=..., pattern=...)`` with the side inputs the module takes.
+
+    ``takes_mask``: masks of absent positions; ``takes_pattern``: graph patterns (Aggregate).
+    """
+    kwargs = {}
     if mask is not None and getattr(module, "takes_mask", False):
-        return module(x, mask=mask)
-    return module(x)
+        kwargs["mask"] = mask
+    if pattern is not None and getattr(module, "takes_pattern", False):
+        kwargs["pattern"] = pattern
+    return module(x, **kwargs)
 
 
 class Serial(nn.Sequential):
@@ -26,10 +32,11 @@ class Serial(nn.Sequential):
     """
 
     takes_mask = True
+    takes_pattern = True
 
-    def forward(self, x, mask: torch.Tensor | None = None):
+    def forward(self, x, mask: torch.Tensor | None = None, pattern: torch.Tensor | None = None):
         for module in self:
-            x = call_with_mask(module, x, mask)
+            x = call_with_mask(module, x, mask, pattern)
         return x
 
 
@@ -37,13 +44,15 @@ class Parallel(nn.Module):
     """Applies the i-th module to the i-th branch (passing the mask on, as :class:`Serial`)."""
 
     takes_mask = True
+    takes_pattern = True
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
         super().__init__()
         self.branches = nn.ModuleList(modules)
 
-    def forward(self, xs: tuple[torch.Tensor, ...], mask: torch.Tensor | None = None) -> tuple:
-        return tuple(call_with_mask(m, x, mask) for m, x in zip(self.branches, xs))
+    def forward(self, xs: tuple[torch.Tensor, ...], mask: torch.Tensor | None = None,
+                pattern: torch.Tensor | None = None) -> tuple:
+        return tuple(call_with_mask(m, x, mask, pattern) for m, x in zip(self.branches, xs))
 
 
 class FanOutModule(nn.Module):

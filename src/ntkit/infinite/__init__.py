@@ -22,6 +22,7 @@ from .custom import Elementwise
 from .dense import Dense
 from .dropout import Dropout
 from .exponential import Cos, Exp, ExpNormalized, Gaussian, Rbf, Sin
+from .graph import Aggregate
 from .layers import Layer
 from .normalization import LayerNorm
 from .polynomial import Hermite, Monomial, Polynomial, RectifiedMonomial, Sign
@@ -36,6 +37,7 @@ __all__ = [
     "ABReLU",
     "Abs",
     "Activation",
+    "Aggregate",
     "AvgPool",
     "Conv",
     "ConvLocal",

@@ -62,6 +62,8 @@ class Layer(abc.ABC):
         memory_budget: int | None = None,
         mask1: Any = None,
         mask2: Any = None,
+        pattern1: Any = None,
+        pattern2: Any = None,
     ) -> Kernel | torch.Tensor:
         """Infinite-width NNGP and NTK of this architecture.
 
@@ -81,6 +83,9 @@ class Layer(abc.ABC):
                 sequences/images (``True`` = absent; ``None`` = all present), excluded from
                 attention, pooling and normalization (see :mod:`ntkit.infinite.masks`).
                 ``mask2`` needs ``x2``.
+            pattern1, pattern2: ``(n1, N, N)``/``(n2, N, N)`` graph patterns (weighted
+                adjacencies) of node features ``x (n, C, N)`` for :class:`~ntkit.Aggregate`
+                (see :mod:`ntkit.infinite.graph`). ``pattern2`` needs ``x2``.
 
         Returns:
             A tensor (``get`` a string) or a :class:`~ntkit.Kernel`, on the inputs' device.
@@ -91,9 +96,11 @@ class Layer(abc.ABC):
         dtype = resolve_dtype(dtype)
         x1, x2 = as_input_pair(x1, x2, dtype=dtype)
         side1, side2, mask1, mask2 = self._masks(x1, x2, mask1, mask2)
+        side1, side2 = _with_patterns(x1, x2, side1, side2, pattern1, pattern2)
         if x2 is not None:
             same_masks = (mask1 is None) == (mask2 is None) and (
                 mask1 is None or torch.equal(mask1, mask2))
+            same_masks = same_masks and (pattern1 is None or torch.equal(side1["pattern"], side2["pattern"]))
             if x2.shape == x1.shape and torch.equal(x1, x2) and same_masks:
                 x2 = None  # k(x, x): compute the symmetric half, pairs with itself exact
                 side2 = None
@@ -200,3 +207,34 @@ def require_flat(state: KernelState, layer: Layer) -> KernelState:
             "or GlobalAvgPool() before it, or pass x.reshape(len(x), -1)"
         )
     return state
+
+
+def _with_patterns(x1, x2, side1, side2, pattern1, pattern2):
+    """Add checked graph patterns (``"pattern"``, ``(n, N, N)``) to the side information."""
+    if pattern1 is None and pattern2 is None:
+        return side1, side2
+    if pattern2 is not None and x2 is None:
+        raise ShapeError("pattern2 was given without x2; pass x2 too, or only pattern1 for kernel(x1)")
+    if x2 is not None and (pattern1 is None or pattern2 is None):
+        raise ShapeError("graph inputs need a pattern for each side: pass pattern1 and pattern2 with x2")
+
+    def checked(pattern, x, name):
+        if x.ndim != 3:
+            raise ShapeError(
+                f"{name} goes with node features (n, C, N), but the inputs have shape {tuple(x.shape)}")
+        t = torch.as_tensor(pattern, device=x.device).to(x.dtype)
+        n, nodes = x.shape[0], x.shape[2]
+        if t.shape != (n, nodes, nodes):
+            raise ShapeError(
+                f"{name} must be (n, N, N) = ({n}, {nodes}, {nodes}) for node features of shape "
+                f"{tuple(x.shape)}, got {tuple(t.shape)}: one N x N pattern per graph, with the "
+                "node count of the features"
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise ShapeError(f"{name} holds NaN or Inf")
+        return t
+
+    side1 = dict(side1 or {}, pattern=checked(pattern1, x1, "pattern1"))
+    if x2 is not None:
+        side2 = dict(side2 or {}, pattern=checked(pattern2, x2, "pattern2"))
+    return side1, side2
