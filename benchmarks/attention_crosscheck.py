@@ -1,6 +1,7 @@
 """Kernel cross-check of the issue-16 layers against neural-tangents (not a timing).
 
-Transformer blocks with every attention mechanism and positional embedding, a masked one
+Transformer blocks with every attention mechanism and positional embedding (and the
+``1/√d_k`` identity variant), a masked one
 (neural-tangents' ``mask_constant`` against ntkit's ``mask1``), Dropout and FanInProd, on
 the same inputs; prints the largest relative difference of each NNGP/NTK. Seen: at most
 3e-13, except the Dropout NTK (2e-9: neural-tangents' ReLU NTK at correlation 1).
@@ -50,6 +51,10 @@ cases = {
 for name, (_, _, kf) in cases.items():
     k = kf(x, None, ("nngp", "ntk"))
     out[name] = np.stack([np.asarray(k.nngp), np.asarray(k.ntk)])
+_, _, kf = block(stax.GlobalSelfAttention(8, 8, 8, 2, linear_scaling=False, attention_mechanism="IDENTITY",
+                                          W_key_std=1.2, W_out_std=0.9, b_std=0.2))
+k = kf(x, None, ("nngp", "ntk"))
+out["sqrt_identity"] = np.stack([np.asarray(k.nngp), np.asarray(k.ntk)])
 # masks: mask_constant
 xm = x.copy(); xm[0, 4:, :] = -999.; xm[2, 1:3, :] = -999.
 _, _, kf = block(att())
@@ -95,6 +100,9 @@ def main() -> None:
         "abs_concat_val": block(att(attention_mechanism="abs", pos_emb_type="concat", val_pos_emb=True)),
         "decay": block(att(pos_emb_type="sum", pos_emb_decay_fn=lambda d: torch.exp(-d), val_pos_emb=True)),
     }
+    cases["sqrt_identity"] = block(nk.GlobalSelfAttention(8, 8, 8, 2, linear_scaling=False,
+                                                          attention_mechanism="identity", W_key_std=1.2,
+                                                          W_out_std=0.9, b_std=0.2))
     kernels = {name: arch.kernel(xt) for name, arch in cases.items()}
     mask = torch.zeros(5, 6, dtype=torch.bool)
     mask[0, 4:] = True

@@ -69,7 +69,13 @@ def test_attention_on_flat_inputs_and_no_closed_form():
     with pytest.raises(ShapeError, match="no positions"):
         _att().build((4,))
     with pytest.raises(ParameterError, match="linear_scaling=True"):
-        nk.serial(nk.Dense(8), _att(linear_scaling=False)).kernel(_x(3, 2, 4))
+        nk.serial(nk.Dense(8), _att(linear_scaling=False)).kernel(_x(3, 2, 4))  # softmax
+    with pytest.raises(ParameterError, match="pos_emb_type='none'"):
+        nk.serial(nk.Dense(8), _att(linear_scaling=False, attention_mechanism="identity",
+                                    pos_emb_type="sum")).kernel(_x(3, 2, 4))
+    with pytest.raises(ShapeError, match="cannot honour masks"):
+        nk.serial(nk.Dense(8), _att(linear_scaling=False, attention_mechanism="identity")).kernel(
+            _x(3, 2, 4), mask1=torch.zeros(3, 4, dtype=torch.bool))
     # The finite module of the 1/sqrt(d) variant exists.
     net = _att(linear_scaling=False).build((2, 4), seed=0)
     assert net(_x(3, 2, 4)).shape == (3, 8, 4)

@@ -99,6 +99,19 @@ def test_error_falls_as_one_over_sqrt_width(name):
 
 
 @pytest.mark.slow
+def test_square_root_scaled_identity_attention_converges():
+    """``linear_scaling=False``: heads, key and value channels all grow with ``m`` (seen
+    0.62, 0.25, 0.20 at m = 64, 256, 512; the attention scores do not concentrate, so the
+    convergence is slower than for linear scaling)."""
+    def make(m):
+        att = nk.GlobalSelfAttention(m, m // 4, m // 4, m // 4, linear_scaling=False,
+                                     attention_mechanism="identity", W_key_std=1.2, b_std=0.2)
+        return nk.serial(nk.Dense(m, 1.0, 0.3), att, nk.ReLU(), nk.Dense(m), nk.GlobalAvgPool(), nk.Dense(1))
+    small, large = relative_errors(make, SEQ, [64, 512], range(4))
+    assert large < small / 1.8 and large < 0.35, (small, large)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_nngp_is_the_output_covariance(name):
     """256 outputs × 16 seeds at width 512: the output covariance is the NNGP (seen <3%)."""

@@ -131,6 +131,26 @@ def test_attention_equals_explicit_sums_over_positions(mech):
     np.testing.assert_allclose(got.ntk.numpy(), ntk, rtol=1e-11, atol=1e-13)
 
 
+def test_square_root_scaled_identity_attention_equals_explicit_sums():
+    """``1/√d_k``, independent queries: ``nngp' = std²·D·K + b²`` with ``D = Σ_{p,p'} K[p,p']²``,
+    ``ntk' = std²·(2E·K + D·(Θ + 4K)) + b²`` with ``E = Σ K·Θ`` (Hron et al. 2020)."""
+    x = _x(3, 2, 4)
+    k_in = _dense_input_kernel(x, 1.1, 0.3)
+    std2, b = (0.9 * 1.4 * 1.2 * 0.8) ** 2, 0.25
+    nngp = np.zeros_like(k_in)
+    ntk = np.zeros_like(k_in)
+    for i in range(3):
+        for j in range(3):
+            d = sum(k_in[i, j, a, c] ** 2 for a in range(4) for c in range(4))
+            nngp[i, j] = std2 * d * k_in[i, j] + b**2
+            ntk[i, j] = std2 * (2 * d * k_in[i, j] + d * (k_in[i, j] + 4 * k_in[i, j])) + b**2
+    att = nk.GlobalSelfAttention(8, 4, 4, 2, linear_scaling=False, W_query_std=0.9, W_key_std=1.4,
+                                 W_out_std=1.2, W_value_std=0.8, b_std=b, attention_mechanism="identity")
+    got = nk.serial(nk.Dense(8, 1.1, 0.3), att).kernel(x)
+    np.testing.assert_allclose(got.nngp.numpy(), nngp, rtol=1e-11)
+    np.testing.assert_allclose(got.ntk.numpy(), ntk, rtol=1e-11)
+
+
 @pytest.mark.parametrize("mech", ["identity", "softmax"])
 def test_masked_attention_equals_explicit_sums_over_present_keys(mech):
     x = _x(3, 2, 4)

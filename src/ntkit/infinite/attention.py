@@ -46,7 +46,7 @@ from ..finite.attention import GlobalSelfAttentionModule, attention_weights
 from .conv import is_zero_constant
 from .layers import Layer, Shape, State, require_single
 from .pooling import _require_full, _self_indices
-from .state import absent
+from .state import KernelState, absent
 
 MECHANISMS = ("softmax", "identity", "abs", "relu")
 POS_EMB_TYPES = ("none", "sum", "concat")
@@ -122,8 +122,10 @@ class GlobalSelfAttention(Layer):
         n_heads: number of heads.
         linear_scaling: ``True`` scales the key-query products by ``1/n_chan_key`` and ties
             the key and query maps, which makes the kernel a closed form (module
-            docstring); ``False`` scales by ``1/√n_chan_key`` with independent maps — the
-            finite module supports it, the kernel has no closed form (raises).
+            docstring); ``False`` scales by ``1/√n_chan_key`` with independent maps: the
+            kernel is a closed form for ``attention_mechanism="identity"`` without
+            positional embeddings or masks only (see ``_sqrt_identity``; others raise),
+            the finite module exists for all.
         W_key_std, W_query_std: enter the kernel only through their product.
         W_value_std, W_out_std: enter the kernel only through their product.
         b_std: output bias scale (``None``: no bias).
@@ -141,7 +143,8 @@ class GlobalSelfAttention(Layer):
     Raises:
         ParameterError: bad counts, stds or names.
         ShapeError: flat ``(n, d)`` inputs (no positions to attend over).
-        NtkitError: ``linear_scaling=False`` in :meth:`kernel` (no closed form).
+        ParameterError: ``linear_scaling=False`` in :meth:`kernel` with a mechanism other
+            than ``"identity"`` or with positional embeddings (no closed form).
     """
 
     handles_masks = True
@@ -211,11 +214,15 @@ class GlobalSelfAttention(Layer):
         state = require_single(state, self)
         self._check_positions(state.spatial)
         if not self.linear_scaling:
-            raise ParameterError(
-                "GlobalSelfAttention(linear_scaling=False) has no closed-form infinite-width "
-                "kernel (Hron et al. 2020; neural-tangents raises too); use linear_scaling=True "
-                "(the finite module of either kind is available through arch.build)"
-            )
+            if self.attention_mechanism != "identity":
+                raise ParameterError(
+                    f"GlobalSelfAttention(linear_scaling=False, attention_mechanism="
+                    f"{self.attention_mechanism!r}) has no closed-form infinite-width kernel "
+                    "(Hron et al. 2020; neural-tangents raises too); use linear_scaling=True or "
+                    "attention_mechanism='identity' (the finite module of every kind is available "
+                    "through arch.build)"
+                )
+            return self._sqrt_identity(state)
         _require_full(state, self)
         i1, i2 = _self_indices(state, self)
         n = state.nngp.shape[0]
@@ -268,6 +275,47 @@ class GlobalSelfAttention(Layer):
             var2=diag2,
             width=self.n_chan_out,
             fresh=True,
+        )
+
+    def _sqrt_identity(self, state: KernelState) -> KernelState:
+        """``1/√d_k`` scaling, identity mechanism (Hron et al. 2020; neural-tangents' form).
+
+        With ``D = Σ_{p,p'} nngp[p, p']²`` (the pair's covariance contracted with itself) and
+        ``E = Σ_{p,p'} nngp[p, p']·ntk[p, p']``, ``std = QK_std·OV_std``:
+        ``nngp' = std²·D·nngp + b²``, ``ntk' = std²·(2E·nngp + D·(ntk + 4·nngp)) + b²``.
+        Only without positional embeddings and masks (they raise).
+        """
+        if self.pos_emb_type != "none":
+            raise ParameterError(
+                "GlobalSelfAttention(linear_scaling=False) is implemented without positional "
+                "embeddings only; use pos_emb_type='none' or linear_scaling=True"
+            )
+        if absent(state, True) is not None or absent(state, False) is not None:
+            raise ShapeError(
+                "GlobalSelfAttention(linear_scaling=False) cannot honour masks; use "
+                "linear_scaling=True with masks"
+            )
+        _require_full(state, self)
+        i1, i2 = _self_indices(state, self)
+        n = state.nngp.shape[0]
+        p = math.prod(state.spatial)
+        flat = state.nngp.reshape(n, p, p)
+        std2 = (self.W_query_std * self.W_key_std * self.W_out_std * self.W_value_std) ** 2
+        b2 = 0.0 if self.b_std is None else self.b_std**2
+        d = (flat * flat).sum((1, 2))[:, None, None]
+        nngp = flat * (std2 * d) + b2
+        ntk = None
+        if state.ntk is not None:
+            t = state.ntk.reshape(n, p, p)
+            e = (flat * t).sum((1, 2))[:, None, None]
+            ntk = std2 * (2.0 * e * flat + d * (t + 4.0 * flat)) + b2
+        diagonal = nngp.diagonal(dim1=1, dim2=2)
+        diag1 = diagonal[i1].reshape(n, *state.spatial)
+        diag2 = diag1 if i2 is i1 else diagonal[i2].reshape(n, *state.spatial)
+        shape = (n, *state.spatial, *state.spatial)
+        return state.replace(
+            nngp=nngp.reshape(shape), ntk=None if ntk is None else ntk.reshape(shape),
+            var1=diag1, var2=diag2, width=self.n_chan_out, fresh=True,
         )
 
     # ------------------------------------------------------------------ finite module
