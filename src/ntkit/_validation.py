@@ -17,8 +17,14 @@ import torch
 from .errors import DeviceError, NonFiniteError, ParameterError, ShapeError
 
 DEFAULT_DTYPE = torch.float64
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _WORK_DTYPES = (torch.float32, torch.float64)
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+#: What to change when a kernel or prediction overflows (the message of :func:`check_finite_result`).
+OVERFLOW_HINT = (
+    "lower W_std / b_std or the depth, rescale the inputs (e.g. standardize them), or compute "
+    "in float64"
+)
 
 
 def resolve_dtype(dtype: Any) -> torch.dtype:
@@ -35,6 +41,12 @@ def resolve_dtype(dtype: Any) -> torch.dtype:
             dtype = torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
         except TypeError as err:
             raise ParameterError(f"unknown dtype {dtype!r}; use torch.float64 or torch.float32") from err
+    if dtype in _HALF_DTYPES:
+        raise ParameterError(
+            f"dtype {dtype} is not supported: its range (max ≈ {torch.finfo(dtype).max:.3g}) and "
+            "precision are too small for kernels, which overflow or lose all digits; use "
+            "torch.float32 or torch.float64 (convert a model with model.float() / model.double())"
+        )
     if dtype not in _FLOAT_DTYPES:
         raise ParameterError(f"dtype must be a floating type, got {dtype}; use torch.float64")
     return dtype
@@ -55,9 +67,18 @@ def as_tensor(
 
     ``dtype=None`` means float64 (ntkit's default: the solves need it).
     Tensors stay on their device; ``device`` (if given) must match, else DeviceError.
+    Complex inputs raise ParameterError (kernels here are real: a cast would silently drop
+    the imaginary part); tensors on the ``meta`` device (no data) raise DeviceError.
     """
     if isinstance(x, torch.Tensor):
         t = x
+        if t.is_complex():
+            raise ParameterError(_complex_message(name, t.dtype))
+        if t.device.type == "meta":
+            raise DeviceError(
+                f"{name} is on the 'meta' device, which holds shapes but no data; create it on a "
+                "real device (e.g. device='cpu') before computing with it"
+            )
         if device is not None and t.device != torch.device(device):
             raise DeviceError(
                 f"{name} is on {t.device} but the other inputs are on {torch.device(device)}; "
@@ -68,6 +89,8 @@ def as_tensor(
             arr = np.asarray(x)
         except Exception as err:  # pragma: no cover - exotic inputs
             raise ShapeError(f"{name} could not be read as an array: {err}") from err
+        if np.iscomplexobj(arr):
+            raise ParameterError(_complex_message(name, arr.dtype))
         if arr.dtype == object or not (
             np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
         ):
@@ -87,6 +110,48 @@ def as_tensor(
     if check_finite and not bool(torch.isfinite(t).all()):
         raise NonFiniteError(f"{name} contains NaN or Inf; remove or impute those entries")
     return t
+
+
+def _complex_message(name: str, dtype: Any) -> str:
+    return (
+        f"{name} is complex ({dtype}); ntkit's kernels take real inputs and will not drop the "
+        "imaginary part silently. Pass x.real, or stack real and imaginary parts as features "
+        "(e.g. torch.cat([x.real, x.imag], dim=1))"
+    )
+
+
+def check_finite_result(result: Any, what: str, hint: str = OVERFLOW_HINT) -> None:
+    """Raise NonFiniteError if a computed ``result`` (a tensor, or a tuple/list of tensors
+    and ``None``) holds NaN or Inf; the message names ``what`` was computed and ``hint``,
+    what to change. Every public function that returns numbers calls this before returning,
+    so that overflow never comes back as silent NaN/Inf."""
+    items = result if isinstance(result, (tuple, list)) else (result,)
+    for t in items:
+        if t is None or not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            bad = int((~finite).sum())
+            kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
+            raise NonFiniteError(
+                f"{what} overflowed: {bad} of {t.numel()} entries are {kind} ({t.dtype}, largest "
+                f"finite value {torch.finfo(t.dtype).max:.3g}); {hint}"
+            )
+
+
+def check_std(value: Any, name: str, *, allow_none: bool = False) -> None:
+    """A weight or bias standard deviation: a finite number >= 0 whose square is finite
+    (the kernel recursions use ``W_std²``); ParameterError otherwise."""
+    check_nonnegative(value, name, allow_none=allow_none)
+    if value is None:
+        return
+    v = float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+    if not np.isfinite(v * v):
+        raise ParameterError(
+            f"{name}={v:.3g} is too large: {name}² overflows a float (max ≈ 1.8e308) and every "
+            f"kernel would be Inf/NaN; use a {name} of order 1 (the kernels scale as {name}² "
+            "per layer)"
+        )
 
 
 def as_input_pair(

@@ -10,14 +10,16 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
+from ._validation import as_tensor
 from .empirical.inputs import OutputFn, OutputSelector
-from .empirical.selection import ParamSelector, check_modules, select_params
+from .empirical.selection import ParamSelector, check_finite_weights, check_modules, select_params
 from .empirical.traceable import traceable
-from .errors import ModelError
+from .errors import ModelError, NtkitError, ParameterError
 
 
 def _key(name: str) -> str:
@@ -55,6 +57,7 @@ class LinearizedModel(nn.Module):
                 "around; pass a model with weights (or choose some with params=[names])"
             )
         check_modules(model)
+        check_finite_weights(model)
         selected, _ = select_params(model, params)
         template = copy.deepcopy(model)
         for p in template.parameters():
@@ -86,14 +89,42 @@ class LinearizedModel(nn.Module):
         """``f(w0, x) + J(w0, x)·(w − w0)``; the inputs are the model's, the result has the
         selected output's shape."""
         w0 = self.w0()
+        ref = next(iter(w0.values()))
+        args = tuple(_check_input(a, ref) for a in args)
         delta = {name: self.params[_key(name)] - w0[name] for name in self._names}
 
         def f(weights: dict[str, torch.Tensor]) -> torch.Tensor:
             return self._select(functional_call(self._template, weights, args, kwargs))
 
-        with traceable(self._template):
-            out, tangent = jvp(f, (w0,), (delta,))
+        try:
+            with traceable(self._template):
+                out, tangent = jvp(f, (w0,), (delta,))
+        except NtkitError:
+            raise
+        except Exception as err:
+            shapes = ", ".join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor))
+            raise ModelError(
+                f"the linearized model failed on inputs of shape {shapes}: {type(err).__name__}: "
+                f"{err}. Pass inputs the original model accepts (same feature count and layout, "
+                "batch axis first)"
+            ) from err
         return out + tangent
+
+
+def _check_input(x: Any, ref: torch.Tensor) -> Any:
+    """Floating inputs must have the parameters' dtype (ParameterError naming the cast);
+    integer inputs (e.g. token ids) and non-tensors pass; NumPy arrays are converted."""
+    if isinstance(x, np.ndarray):
+        return as_tensor(x, "x", dtype=ref.dtype, device=ref.device, min_ndim=0)
+    if not isinstance(x, torch.Tensor):
+        return x
+    if x.is_complex() or (x.is_floating_point() and x.dtype != ref.dtype):
+        cast = {torch.float64: "x.double()", torch.float32: "x.float()"}.get(ref.dtype, "x.to(dtype)")
+        raise ParameterError(
+            f"x has dtype {x.dtype} but the linearized model's parameters are {ref.dtype}; "
+            f"pass {cast} (or linearize a model of x's dtype)"
+        )
+    return x
 
 
 def linearize(model: nn.Module, params: ParamSelector = None, *,

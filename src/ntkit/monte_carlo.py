@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import as_input_pair, check_positive_int, resolve_dtype
+from ._validation import as_input_pair, check_finite_result, check_positive_int, resolve_dtype
 from .empirical import empirical_ntk
 from .empirical.inputs import OutputFn
 from .empirical.kernels import model_outputs
@@ -116,6 +116,7 @@ def _counts(n_samples: Any) -> list[int]:
 
 def _mean(totals: dict, count: int, symmetric: bool) -> Kernel:
     mean = {key: value / count for key, value in totals.items()}
+    check_finite_result(tuple(mean.get(k) for k in ("nngp", "ntk")), "monte_carlo_kernel's estimate")
     var2 = mean["var1"] if symmetric else mean["var2"]
     return Kernel(nngp=mean.get("nngp"), ntk=mean.get("ntk"), var1=mean["var1"], var2=var2,
                   diagonal=False)

@@ -25,10 +25,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import as_tensor, check_choice, check_positive_int, resolve_dtype, work_dtype
+from ._validation import (
+    as_tensor,
+    check_choice,
+    check_finite_result,
+    check_positive_int,
+    resolve_dtype,
+    work_dtype,
+)
 from .errors import ParameterError, ShapeError
 from .infinite import stable
 from .infinite.activations import (
+    Activation,
     ElementwiseLayer,
     activation_from_name,
 )
@@ -47,6 +55,7 @@ def _resolve(activation: str | Fn | ElementwiseLayer) -> tuple[Fn, Fn, Elementwi
     elif isinstance(activation, str):
         layer = activation_from_name(activation)
     elif callable(activation):
+        Activation(activation)  # checks it is elementwise and finite on all reals
         return activation, autograd_derivative(activation), None
     else:
         raise ParameterError(
@@ -139,6 +148,8 @@ def two_layer_ntk(
             kernel = gram * dot + gaussian_expectation(fn, fn, q11, q22, gram, degree)
     if normalization == "slides":
         kernel = kernel * slides_scale(layer if layer is not None else fn)
+    check_finite_result(kernel, f"two_layer_ntk ({method}, {dtype})",
+                        "rescale the inputs (e.g. to unit norm) or compute in float64")
     return kernel
 
 
@@ -213,7 +224,10 @@ def two_layer_finite_ntk(
     z1, z2 = x1 @ B.T, x2 @ B.T
     first = fn(z1) @ fn(z2).T / m
     second = (x1 @ x2.T) * ((dfn(z1) * a**2) @ dfn(z2).T) / m
-    return first + second
+    kernel = first + second
+    check_finite_result(kernel, "two_layer_finite_ntk",
+                        "rescale the inputs or the weights a, B, or compute in float64")
+    return kernel
 
 
 def _column(x: Any, name: str) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..errors import ModelError, NtkitError, ParameterError
+from ..errors import ModelError, NonFiniteError, NtkitError, ParameterError
 from ._memo import recall, remember, structure_key
 from .hazards import check_forward_grad_mode
 from .inputs import Examples, OutputSelector, check_output
@@ -169,20 +169,39 @@ def check_modules(model: nn.Module) -> None:
     or Dropout, in training mode."""
     for name, module in model.named_modules():
         label = name or type(module).__name__
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and (
-            module.track_running_stats
-        ):
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not module.track_running_stats:
+            raise ModelError(
+                f"module {label!r} is a {type(module).__name__} with track_running_stats=False: "
+                "it normalizes each example with statistics of the whole batch in every mode "
+                "(model.eval() does not change that), so the NTK is not defined. Build it with "
+                "track_running_stats=True and call model.eval(), or use LayerNorm/GroupNorm"
+            )
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
             raise ModelError(
                 f"module {label!r} is a {type(module).__name__} in training mode: its forward "
                 "updates running statistics and normalizes each example with statistics of the "
-                "whole batch, so the NTK is not defined. Call model.eval() to use the running "
-                "statistics (or build it with track_running_stats=False)"
+                "whole batch, so the NTK is not defined. Call model.eval() to normalize with the "
+                "running statistics"
             )
         if isinstance(module, _DROPOUTS) and module.training and module.p > 0:
             raise ModelError(
                 f"module {label!r} is a {type(module).__name__} in training mode, so the forward "
                 "is random; call model.eval() before computing the NTK"
             )
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """NonFiniteError if a floating parameter or buffer of ``model`` holds NaN/Inf: every
+    NTK entry (and the linearization) would then be NaN."""
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in items:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise NonFiniteError(
+                    f"model {kind} {name!r} has {bad} NaN/Inf entries (of {t.numel()}), so the "
+                    "NTK would be NaN; re-initialize the model, or, if training produced them, "
+                    "lower the learning rate (training diverged)"
+                )
 
 
 def prepare(model: Any, params: ParamSelector, probe: Examples,
@@ -201,6 +220,7 @@ def prepare(model: Any, params: ParamSelector, probe: Examples,
         probe = Examples("tensor", (), (probe,))
     selected, fixed = select_params(model, params)
     check_modules(model)
+    check_finite_weights(model)
     buffers = dict(model.named_buffers())
     problem = Problem(model, selected, {**fixed, **buffers},
                       select=OutputSelector() if select is None else select)
@@ -230,6 +250,13 @@ def _forward(problem: Problem, x: Examples, fixed: dict) -> Any:
     return out.detach()
 
 
+def _rng_state(device: torch.device) -> torch.Tensor:
+    """The state of the random generator a forward on ``device`` draws from."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device)
+    return torch.random.get_rng_state()
+
+
 def _probe(problem: Problem, buffers: dict, x: Examples) -> tuple[tuple[int, ...], int, float]:
     """Forward ``x`` and its first example alone (on copies of the buffers); check the results.
 
@@ -246,16 +273,24 @@ def _probe(problem: Problem, buffers: dict, x: Examples) -> tuple[tuple[int, ...
             sizes[0] += out.numel()
 
     handle = nn.modules.module.register_module_forward_hook(count)
+    rng_before = _rng_state(problem.device)
     try:
         with FlopCounterMode(display=False) as counter, check_forward_grad_mode(problem.model):
             out = _forward(problem, x, fixed)
     finally:
         handle.remove()
+    if not torch.equal(rng_before, _rng_state(problem.device)):
+        raise ModelError(
+            "the forward pass draws random numbers (e.g. F.dropout(..., training=True), "
+            "torch.randn or torch.bernoulli in forward), so the model is a random function "
+            "and its NTK is not defined; make the forward deterministic (for dropout: "
+            "F.dropout(x, p, training=self.training) and model.eval())"
+        )
     for k, b in buffers.items():
         if not torch.equal(copies[k], b):
             raise ModelError(
                 f"the forward pass changed buffer {k!r}; the NTK needs a pure forward. Call "
-                "model.eval() (BatchNorm: or build it with track_running_stats=False)"
+                "model.eval() (BatchNorm then uses its running statistics), or remove the update"
             )
     alone = _forward(problem, x[:1], fixed)
     tol = 1e3 * torch.finfo(out.dtype).eps * (1.0 + float(out.abs().max()))

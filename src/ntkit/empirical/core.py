@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_positive_int
+from .._validation import check_choice, check_finite_result, check_positive_int
 from ..errors import MemoryBudgetError, ModelError, NtkitError, ShapeError
 from . import cost_model
 from ._blocks import DEFAULT_MEMORY_BUDGET, block_size, caches, tile
@@ -118,7 +118,8 @@ def empirical_ntk(
 
     Raises:
         ModelError, ShapeError, ParameterError, DeviceError, NonFiniteError,
-        MemoryBudgetError (messages say what to do).
+        MemoryBudgetError (messages say what to do). NonFiniteError also for NaN/Inf weights
+        and for a kernel that overflowed.
     """
     with torch.enable_grad(), traceable(model):  # results carry no graph
         _problem, x1, x2, plan, runner = _plan(model, x1, x2, output, method, params, output_fn,
@@ -126,9 +127,10 @@ def empirical_ntk(
         budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
         try:
             if output == "diagonal_batch":
-                return _diagonal_batch(runner, x1, plan.block)
-            n_examples = len(x1) + (0 if x2 is None else len(x2))
-            return tile(runner, x1, x2, output, plan.block, caches(runner, n_examples, budget))
+                kernel = _diagonal_batch(runner, x1, plan.block)
+            else:
+                n_examples = len(x1) + (0 if x2 is None else len(x2))
+                kernel = tile(runner, x1, x2, output, plan.block, caches(runner, n_examples, budget))
         except NtkitError:
             raise
         except (RuntimeError, NotImplementedError) as err:
@@ -136,6 +138,11 @@ def empirical_ntk(
                 f"method={plan.method!r} failed on this model: {type(err).__name__}: {err}. Use "
                 "method='auto' (it tries the methods on two examples first) or another method"
             ) from err
+    check_finite_result(
+        kernel, f"the empirical NTK ({plan.method}, {kernel.dtype})",
+        "the model's outputs or gradients overflow on these inputs: rescale the inputs, use "
+        "smaller initial weights, or a float64 model (model.double())")
+    return kernel
 
 
 def plan_empirical_ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: str = "trace",

@@ -297,6 +297,12 @@ class Activation(ElementwiseLayer):
         if derivative is not None and not callable(derivative):
             raise ParameterError(f"derivative must be callable or None, got {derivative!r}")
         self.degree = check_positive_int(degree, "degree")
+        if self.degree > MAX_DEGREE:
+            raise ParameterError(
+                f"degree={self.degree} is too large: the quadrature evaluates fn 4·degree² "
+                f"times per kernel entry and its nodes need O(degree²) memory; use degree <= "
+                f"{MAX_DEGREE} (32-128 suffices for smooth activations)"
+            )
         probe = torch.linspace(-2.0, 2.0, 5, dtype=torch.float64)
         try:
             out = fn(probe)
@@ -311,6 +317,7 @@ class Activation(ElementwiseLayer):
         self._fn = fn
         self._derivative = derivative if derivative is not None else autograd_derivative(fn)
         self.name = name or getattr(fn, "__name__", "Activation")
+        _check_finite_on_support(self._fn, self._derivative, self.name)
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self._fn(x)
@@ -325,6 +332,34 @@ class Activation(ElementwiseLayer):
 
     def __repr__(self) -> str:
         return f"Activation({self.name}, degree={self.degree})"
+
+
+#: Largest quadrature degree :class:`Activation` accepts.
+MAX_DEGREE = 1024
+#: Points where :class:`Activation` checks ``fn`` and its derivative are finite: the
+#: Gaussian's support (all reals) as seen by the quadrature, ±12 standard deviations.
+_SUPPORT_PROBE = torch.cat([torch.linspace(-12.0, 12.0, 241, dtype=torch.float64),
+                            torch.tensor([0.0, -1e-300, 1e-300], dtype=torch.float64)])
+
+
+def _check_finite_on_support(fn: Fn, derivative: Fn, name: str) -> None:
+    """ParameterError unless ``fn`` and its derivative are finite on the probe points: the
+    Gaussian expectations would be NaN/Inf (e.g. ``torch.log``, ``torch.sqrt`` or ``1/z``,
+    which are not finite for ``z <= 0``, part of every Gaussian's support)."""
+    for label, g in (("", fn), ("the derivative of ", derivative)):
+        try:
+            values = g(_SUPPORT_PROBE.clone())
+        except Exception as err:
+            raise ParameterError(f"{label}Activation {name} failed on a tensor: {err}") from err
+        bad = ~torch.isfinite(values)
+        if bool(bad.any()):
+            z = float(_SUPPORT_PROBE[bad.nonzero()[0, 0]])
+            raise ParameterError(
+                f"{label}Activation {name} is not finite at z = {z:.3g} ({float(values[bad][0])}); "
+                "its Gaussian expectations would be NaN/Inf, since the pre-activations are "
+                "Gaussian and take every real value. Use a function finite on all reals "
+                "(e.g. torch.log(1 + z.abs()) instead of torch.log, softplus instead of sqrt)"
+            )
 
 
 def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:

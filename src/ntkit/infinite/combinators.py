@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .._validation import check_nonnegative, check_positive_int
+from .._validation import check_positive_int, check_std
 from ..errors import ParameterError, ShapeError
 from ..finite.combinators import FanInConcatModule, FanInSumModule, FanOutModule, Parallel, Serial
 from .activations import activation_from_name
@@ -321,7 +321,7 @@ def mlp(
     depth = check_positive_int(depth, "depth")
     check_positive_int(width, "width")
     check_positive_int(out, "out")
-    check_nonnegative(W_std, "W_std")
+    check_std(W_std, "W_std")
     layers: list[Layer] = []
     for _ in range(depth - 1):
         layers += [

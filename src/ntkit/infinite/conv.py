@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_nonnegative, check_positive_int
+from .._validation import check_choice, check_positive_int, check_std
 from ..errors import ShapeError
 from ..finite.conv import NTKConv
 from ..spatial import PADDINGS, as_tuple, check_window, expand, geometry
@@ -150,8 +150,8 @@ class Conv(Layer):
         self.kernel_size = as_tuple(kernel_size, "kernel_size")
         self.stride = as_tuple(stride, "stride")
         self.padding = check_choice(padding, "padding", PADDINGS)
-        check_nonnegative(W_std, "W_std")
-        check_nonnegative(b_std, "b_std", allow_none=True)
+        check_std(W_std, "W_std")
+        check_std(b_std, "b_std", allow_none=True)
         self.W_std = _scalar(W_std)
         self.b_std = None if b_std is None else _scalar(b_std)
         self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)

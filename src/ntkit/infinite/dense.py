@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_nonnegative, check_positive_int
+from .._validation import check_choice, check_positive_int, check_std
 from ..errors import ParameterError, ShapeError
 from ..finite.dense import NTKDense, ScaledStandardDense
 from .layers import Layer, Shape, State, require_single
@@ -56,8 +56,8 @@ class Dense(Layer):
         s: tuple[int, int] = (1, 1),
     ) -> None:
         self.width = check_positive_int(width, "width")
-        check_nonnegative(W_std, "W_std")
-        check_nonnegative(b_std, "b_std", allow_none=True)
+        check_std(W_std, "W_std")
+        check_std(b_std, "b_std", allow_none=True)
         self.W_std = _as_scalar(W_std)
         self.b_std = None if b_std is None else _as_scalar(b_std)
         self.parameterization = check_choice(parameterization, "parameterization", PARAMETERIZATIONS)

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from ..errors import MemoryBudgetError, ShapeError
+from ..errors import MemoryBudgetError, ParameterError, ShapeError
 from ..kernel import Kernel
 from .pairs import evaluate_pairs, pair_block
 from .state import KernelState, swap_pair_axes
@@ -177,7 +177,7 @@ def evaluate(
     ``side1``/``side2``: per-example side information of ``x1``/``x2`` (``{name: (n, ...)}``,
     e.g. masks), sliced along with the examples into every tile.
     """
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else _budget_bytes(memory_budget)
     per_pair = pair_bytes(layer, x1, want_ntk)
     if layer.needs_full_spatial() and x1.ndim > 2:
         # A chunk holds at least one pair and the two self pairs it needs.
@@ -211,6 +211,18 @@ def evaluate(
             diagonal=True,
         )
     return _evaluate_tiles(run, x1, x2, want_ntk, per_pair, budget)
+
+
+def _budget_bytes(memory_budget) -> int:
+    """``memory_budget`` as a positive number of bytes (ParameterError otherwise)."""
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not (
+        math.isfinite(memory_budget) and memory_budget >= 1
+    ):
+        raise ParameterError(
+            f"memory_budget must be a number of bytes >= 1 (e.g. 2**30 for 1 GiB), got "
+            f"{memory_budget!r}"
+        )
+    return int(memory_budget)
 
 
 def _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget) -> Kernel:

@@ -11,10 +11,11 @@ import abc
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
-from .._validation import as_input_pair, resolve_dtype
+from .._validation import as_input_pair, check_finite_result, resolve_dtype
 from ..errors import ParameterError, ShapeError
 from ..kernel import Kernel
 from .masks import as_mask, remask, unsupported_layer
@@ -89,6 +90,11 @@ class Layer(abc.ABC):
 
         Returns:
             A tensor (``get`` a string) or a :class:`~ntkit.Kernel`, on the inputs' device.
+
+        Raises:
+            NonFiniteError: the inputs hold NaN/Inf, or a kernel overflowed (the message says
+                what to change: smaller ``W_std``/``b_std`` or depth, rescaled inputs, float64).
+            ParameterError: bad ``get``/``dtype`` (float16 and complex inputs are refused).
         """
         from .engine import evaluate
 
@@ -117,6 +123,10 @@ class Layer(abc.ABC):
             result = remask(result, mask1, mask1 if mask2 is None else mask2)
         if "nngp" not in names:
             result = Kernel(None, result.ntk, result.var1, result.var2, result.diagonal)
+        check_finite_result(
+            tuple(getattr(result, name) for name in names),
+            f"the infinite-width {'/'.join(names)} kernel of {type(self).__name__} ({x1.dtype})",
+        )
         return result.get(names[0]) if as_tensor_result else result
 
     def _masks(self, x1, x2, mask1, mask2):
@@ -164,6 +174,8 @@ class Layer(abc.ABC):
         if seed is None:
             generator.seed()
         else:
+            if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+                raise ParameterError(f"seed must be an integer or None, got {seed!r}")
             generator.manual_seed(int(seed))
         module, _ = self.build_module(in_shape, generator, resolve_dtype(dtype))
         return module
@@ -174,6 +186,10 @@ class Layer(abc.ABC):
 
 
 def _parse_get(get: str | Sequence[str]) -> tuple[tuple[str, ...], bool]:
+    if not isinstance(get, (str, tuple, list)):
+        raise ParameterError(
+            f"get must be 'nngp', 'ntk' or a tuple of them (default ('nngp', 'ntk')), got {get!r}"
+        )
     if isinstance(get, str):
         names: tuple[str, ...] = (get,)
         single = True

@@ -261,9 +261,16 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:
         """Fit on ``X`` ``(n, d)`` and class labels ``y`` ``(n,)`` (at least 2 classes)."""
-        X, y = validate_data(self, X, y, dtype=np.float64)
-        check_classification_targets(y)
-        classes, y_index = np.unique(y, return_inverse=True)
+        try:
+            X, y = validate_data(self, X, y, dtype=np.float64)
+            check_classification_targets(y)
+            classes, y_index = np.unique(y, return_inverse=True)
+        except TypeError as err:  # e.g. None mixed with strings: the labels cannot be sorted
+            kinds = sorted({type(v).__name__ for v in np.asarray(y, dtype=object).ravel()})
+            raise DataError(
+                f"class labels of mixed types ({', '.join(kinds)}) cannot be ordered: {err}. Use "
+                "labels of one type (e.g. all strings), and drop or fill missing (None) labels"
+            ) from err
         if classes.shape[0] < 2:
             raise DataError(
                 f"{type(self).__name__} needs samples of at least 2 classes; the data contains "
@@ -291,8 +298,9 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """``log(predict_proba(X))``, computed stably, ``(m, C)``."""
-        Z = self._outputs(X) / self.temperature
-        Z = Z - Z.max(axis=1, keepdims=True)
+        F = self._outputs(X)
+        # Shift before dividing: a tiny temperature then gives -inf (probability 0), not NaN.
+        Z = (F - F.max(axis=1, keepdims=True)) / self.temperature
         return Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
 
     def predict_proba(self, X: Any) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_tensor, check_choice, check_nonnegative, check_positive_int
+from .._validation import as_tensor, check_choice, check_positive_int, check_std
 from ..infinite import Layer, mlp
 
 _KERNELS = ("ntk", "nngp")
@@ -24,8 +24,8 @@ def _architecture(depth: Any, activation: Any, W_std: Any, b_std: Any) -> Layer:
 def _check_arch_params(depth, activation, W_std, b_std, kernel) -> Layer:
     """Validate the architecture parameters shared by every class here; return the arch."""
     check_choice(kernel, "kernel", _KERNELS)
-    check_nonnegative(W_std, "W_std")
-    check_nonnegative(b_std, "b_std", allow_none=True)
+    check_std(W_std, "W_std")
+    check_std(b_std, "b_std", allow_none=True)
     return _architecture(depth, activation, W_std, b_std)
 
 
