@@ -24,6 +24,22 @@ from .._validation import as_tensor
 from ..errors import NonFiniteError, ParameterError, ShapeError, SingularMatrixError
 from ._errors import ConvergenceWarning
 
+#: Relative residual ``‖b − A x‖ / ‖b‖`` at which an iteration counts as diverged (SPD
+#: systems in exact arithmetic never exceed ``√κ``-ish factors; only a numerically singular or
+#: indefinite ``A`` drives it this high), and the bound on the result at ``maxiter``: a
+#: result more than 10x worse than ``x = 0`` means CG diverged.
+DIVERGED = 1e8
+DIVERGED_AT_END = 10.0
+
+
+def _diverged(residual: float, it: int) -> None:
+    raise SingularMatrixError(
+        f"conjugate gradient diverged (relative residual {residual:.3g} after {it} iterations, "
+        "worse than the start x = 0): the matrix is numerically singular or not positive "
+        "definite, as a Cholesky factorization would also report; use ridge > 0, or remove "
+        "duplicated training points"
+    )
+
 
 @dataclass
 class CGResult:
@@ -91,7 +107,9 @@ def conjugate_gradient(
 
     Raises:
         SingularMatrixError: a search direction ``p`` with ``pᵀ A p <= 0``: ``A`` is not
-            positive definite (use a ridge > 0).
+            positive definite (use a ridge > 0); or the iteration diverged: relative residual
+            above :data:`DIVERGED` during the iteration, or above :data:`DIVERGED_AT_END`
+            at ``maxiter`` (consistent with the Cholesky and Nyström solvers).
     """
     from tqdm.auto import tqdm
 
@@ -157,6 +175,8 @@ def conjugate_gradient(
             rel_new = torch.linalg.vector_norm(R, dim=0) / safe_bnorm
             rel = torch.where(active & (bnorm > 0), rel_new, rel)
             it += 1
+            if not float(rel.max()) <= DIVERGED:  # also NaN
+                _diverged(float(rel.max()), it)
             history.append(float(rel.max()))
             bar.update()
             bar.set_postfix(residual=f"{history[-1]:.2e}", refresh=False)
@@ -166,6 +186,8 @@ def conjugate_gradient(
         true_r = B - apply(matvec, X, "A")
         rel_true = torch.linalg.vector_norm(true_r, dim=0) / safe_bnorm
         residual = float(torch.where(bnorm > 0, rel_true, torch.zeros_like(rel_true)).max())
+        if not residual <= DIVERGED_AT_END:
+            _diverged(residual, it)
         if warn:
             warnings.warn(
                 f"conjugate gradient stopped at maxiter={maxiter} iterations with relative residual "

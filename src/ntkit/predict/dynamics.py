@@ -45,7 +45,7 @@ from .._kernel_inputs import (
     prepare_times,
     to_caller,
 )
-from .._validation import check_scalar, work_dtype
+from .._validation import check_finite_result, check_scalar, work_dtype
 from ..errors import IllConditionedWarning, ParameterError
 from ..linalg import cond_threshold, default_rcond, eigh_psd
 
@@ -177,6 +177,17 @@ class GradientDescentMSE:
                 stacklevel=3,
             )
 
+    def _check_finite(self, out: torch.Tensor, what: str) -> None:
+        """NonFiniteError when a trajectory overflowed (GD above its stability limit)."""
+        eta = self.learning_rate
+        if eta is not None and eta >= self.max_learning_rate:
+            hint = (f"learning_rate={eta:.4g} >= max_learning_rate={self.max_learning_rate:.4g} "
+                    "(= 2n/λ_max), so gradient descent diverges: use learning_rate < "
+                    "max_learning_rate, or fewer steps")
+        else:
+            hint = "rescale the kernel or the targets, or use float64"
+        check_finite_result(out, f"gradient-descent {what}", hint)
+
     # -- public API --------------------------------------------------------------------------
     def train(self, k: Any, fx_train_0: Any | None = None) -> torch.Tensor:
         """Training-set outputs after ``k`` steps / at time ``t``.
@@ -196,6 +207,7 @@ class GradientDescentMSE:
         if f0 is not None:
             F = F + f0
         out = to_caller(F, tg, kd.n)
+        self._check_finite(out, "training outputs")
         return out[0] if scalar else out
 
     def test(
@@ -227,6 +239,7 @@ class GradientDescentMSE:
         KV = kt @ self.eigenvectors  # (M, N)
         F = ft0 + KV @ (co.g[:, :, None] * C[None])
         out = to_caller(F, tg, m)
+        self._check_finite(out, "test outputs")
         return out[0] if scalar else out
 
     def dual_coefficients(self, k: Any, fx_train_0: Any | None = None) -> torch.Tensor:
@@ -268,6 +281,7 @@ class GradientDescentMSE:
         C = self._projections(f0)
         res_sq = (co.s**2) @ (C**2).sum(dim=1)  # (T,)
         loss = res_sq / (2.0 * kd.n)
+        self._check_finite(loss, "training loss")
         if scalar:
             return loss[0], res_sq[0], C
         return loss, res_sq, C

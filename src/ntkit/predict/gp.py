@@ -65,6 +65,20 @@ class GPPosterior(NamedTuple):
     kind: str
 
 
+def _clip_variance(var: torch.Tensor) -> torch.Tensor:
+    """Posterior variances clipped at 0. A test point equal to a training point has variance
+    0 in exact arithmetic; the subtraction leaves round-off of either sign (to about
+    ``-1e-15`` relative), which would make ``sqrt(variance)`` NaN. Same clip as
+    ``eigh_psd`` applies to kernel spectra."""
+    return var.clamp_min(0.0)
+
+
+def _with_variance(cov: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """``cov`` with its diagonal replaced by the clipped variances."""
+    cov.diagonal(dim1=-2, dim2=-1).copy_(var)
+    return cov
+
+
 def _test_test(k: Any, m: int, kd: KernelData, full_cov: bool) -> torch.Tensor:
     t = as_tensor(k, "nngp_test_test", dtype=kd.dtype, device=kd.device, min_ndim=1, max_ndim=2)
     if t.ndim == 1:
@@ -125,6 +139,8 @@ def gp_posterior(
 
     Returns:
         A :class:`GPPosterior`. With a sequence ``t`` every field gains a leading ``T`` axis.
+        Variances (and the covariance diagonal) are clipped at 0: at a test point equal to
+        a training point the exact value is 0 and round-off of either sign remains.
 
     Raises:
         SingularMatrixError: NNGP with singular ``K + σ²I`` and ``pinv=False``.
@@ -163,12 +179,12 @@ def gp_posterior(
         B = X[:, c:].T  # (m, n) = K(x, X) (K + σ²I)⁻¹
         if ktt is None:
             return GPPosterior(mean, None, None, "nngp")
-        var = (ktt.diagonal() if ktt.ndim == 2 else ktt) - (B * kxt).sum(-1)
+        var = _clip_variance((ktt.diagonal() if ktt.ndim == 2 else ktt) - (B * kxt).sum(-1))
         cov = None
         if full_cov:
             assert ktt.ndim == 2
             cov = ktt - B @ kxt.T
-            cov = 0.5 * (cov + cov.T)
+            cov = _with_variance(0.5 * (cov + cov.T), var)
         return GPPosterior(mean, cov, var, "nngp")
 
     if pinv or rcond is not None:
@@ -200,10 +216,13 @@ def gp_posterior(
         P = B @ kxt.T  # (T, m, m) = Θ(x, X) M_t K(X, x)
         Q = B @ kd.K  # (T, m, n)
         kdiag = ktt.diagonal() if ktt.ndim == 2 else ktt
-        var = kdiag - 2.0 * P.diagonal(dim1=-2, dim2=-1) + (Q * B).sum(-1)
+        var = _clip_variance(kdiag - 2.0 * P.diagonal(dim1=-2, dim2=-1) + (Q * B).sum(-1))
         if full_cov:
             cov = ktt - P - P.transpose(-1, -2) + Q @ B.transpose(-1, -2)
-            cov = 0.5 * (cov + cov.transpose(-1, -2))
+            cov = _with_variance(0.5 * (cov + cov.transpose(-1, -2)), var)
+    for value, what in ((mean, "NTK-GP mean"), (var, "NTK-GP variance")):
+        if value is not None:
+            dyn._check_finite(value, what)
     if scalar:
         mean = mean[0]
         cov = None if cov is None else cov[0]

@@ -29,9 +29,17 @@ from .._kernel_inputs import (
     prepare_times,
 )
 from .._validation import as_tensor, check_scalar, work_dtype
-from ..errors import NtkitError, ParameterError, ShapeError
+from ..errors import NonFiniteError, NtkitError, ParameterError, ShapeError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: The integrators :func:`scipy.integrate.solve_ivp` offers; the first three are explicit.
+EXPLICIT_METHODS = ("RK45", "RK23", "DOP853")
+IMPLICIT_METHODS = ("Radau", "BDF", "LSODA")
+#: Stiffness index ``η·λ_max(K)·t/n`` (about the number of steps an explicit method needs
+#: for stability) above which ``method=None`` integrates with Radau and an explicitly chosen
+#: explicit method is refused (it would run for minutes; Radau takes seconds).
+STIFF_INDEX = 1e4
 
 
 class ODEPrediction(NamedTuple):
@@ -67,7 +75,9 @@ class GradientDescentODE:
     Attributes:
         loss_name: ``"mse"``, ``"cross_entropy"`` or the callable's ``__name__``.
         learning_rate: ``η``.
-        method, rtol, atol: the :func:`scipy.integrate.solve_ivp` settings.
+        method: the :func:`scipy.integrate.solve_ivp` method asked for (``None``: automatic),
+            rtol, atol: its tolerances.
+        last_method: the method the last integration used.
     """
 
     def __init__(
@@ -91,6 +101,8 @@ class GradientDescentODE:
         self.learning_rate = learning_rate
         self.method, self.rtol, self.atol = method, rtol, atol
         self._out_dtype = out_dtype
+        self.last_method: str | None = None
+        self._lam_max: float | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _f_shape(self, m: int, fx: Any, name: str) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -172,11 +184,13 @@ class GradientDescentODE:
         if t_end == 0.0:
             Z = np.repeat(z0[:, None], uniq.size, axis=1)
         else:
+            method = self._choose_method(t_end)
+            self.last_method = method
             sol = solve_ivp(
                 rhs,
                 (0.0, t_end),
                 z0,
-                method=self.method,
+                method=method,
                 t_eval=uniq,
                 rtol=self.rtol,
                 atol=self.atol,
@@ -187,6 +201,12 @@ class GradientDescentODE:
                     "'LSODA' for stiff problems, or looser rtol/atol"
                 )
             Z = sol.y
+            if not np.isfinite(Z).all():
+                raise NonFiniteError(
+                    f"the ODE solution overflowed to NaN/Inf before t = {t_end:g} (method "
+                    f"{method}); the loss gradient or the learning rate is too large: lower "
+                    "learning_rate, rescale the kernel, or check the loss is finite"
+                )
         Zs = np.empty((z0.size, tv.size))
         Zs[:, order] = Z[:, inv]
         Zt = torch.from_numpy(Zs.T.copy()).to(device=kd.device, dtype=self._out_dtype)
@@ -195,6 +215,22 @@ class GradientDescentODE:
         if ft0 is not None:
             test = Zt[:, n_tr:].reshape(-1, *ft0.shape)
         return train, test, scalar
+
+    def _choose_method(self, t_end: float) -> str:
+        """``self.method``, or for ``None`` DOP853 unless the problem is stiff (then Radau);
+        ParameterError for an explicit method on a stiff problem (see :data:`STIFF_INDEX`)."""
+        if self._lam_max is None:
+            self._lam_max = float(torch.linalg.eigvalsh(self._kd.K.to(torch.float64))[-1].clamp_min(0))
+        stiffness = self.learning_rate * self._lam_max * t_end / self._kd.n
+        if self.method is None:
+            return "Radau" if stiffness > STIFF_INDEX else "DOP853"
+        if self.method in EXPLICIT_METHODS and stiffness > STIFF_INDEX:
+            raise ParameterError(
+                f"the gradient-flow ODE is stiff here (η·λ_max·t/n ≈ {stiffness:.3g}): the explicit "
+                f"method {self.method!r} would need about that many steps and run for minutes. "
+                "Use method='Radau' (or 'BDF'/'LSODA'), or method=None to choose automatically"
+            )
+        return self.method
 
     # -- public API --------------------------------------------------------------------------
     def predict(
@@ -273,7 +309,7 @@ def gradient_descent(
     y_train: Any,
     *,
     learning_rate: float = 1.0,
-    method: str = "DOP853",
+    method: str | None = None,
     rtol: float = 1e-10,
     atol: float = 1e-12,
     dtype: Any = None,
@@ -298,9 +334,13 @@ def gradient_descent(
         k_train_train: ``(n, n)``, or ``(n, n, o, o)`` with outputs ``(n, o)``.
         y_train: targets, first axis ``n``.
         learning_rate: ``η > 0`` (continuous-time scale).
-        method, rtol, atol: passed to :func:`scipy.integrate.solve_ivp`; the default
-            ``DOP853`` at ``rtol=1e-10`` is accurate for non-stiff problems, use ``"Radau"``
-            or ``"LSODA"`` when ``η λ_max(K) t / n`` is huge.
+        method: the :func:`scipy.integrate.solve_ivp` method. ``None`` (default): the
+            explicit ``"DOP853"``, accurate for non-stiff problems, or the implicit
+            ``"Radau"`` when the problem is stiff, i.e. when the stiffness index
+            ``η·λ_max(K)·t/n`` exceeds :data:`STIFF_INDEX` (an explicit method needs about
+            that many steps). An explicit method (``"RK45"``, ``"RK23"``, ``"DOP853"``)
+            asked for on a stiff problem raises ParameterError when integrating.
+        rtol, atol: passed to :func:`scipy.integrate.solve_ivp`.
         dtype: dtype of the returned outputs (the integration always runs in float64).
 
     Returns:
@@ -313,6 +353,11 @@ def gradient_descent(
     if y.shape[0] != kd.n:
         raise ShapeError(f"y_train has {y.shape[0]} rows but k_train_train is for {kd.n} examples")
     lr = check_scalar(learning_rate, "learning_rate", positive=True)
+    if method is not None and method not in EXPLICIT_METHODS + IMPLICIT_METHODS:
+        raise ParameterError(
+            f"method must be None or one of {', '.join(map(repr, EXPLICIT_METHODS + IMPLICIT_METHODS))} "
+            f"(scipy.integrate.solve_ivp's methods); got {method!r}"
+        )
     rtol = check_scalar(rtol, "rtol", positive=True)
     atol = check_scalar(atol, "atol", positive=True)
     grad_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
