@@ -6,6 +6,15 @@ an architecture (``nk.serial(nk.Dense(512), nk.ReLU(), nk.Dense(1))``), whose
 the matching finite network; the lecture's closed forms in ``nk.theory``.
 """
 
+import sys as _sys
+
+if _sys.argv and _sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("ntkit", "ntkit.exe"):
+    # The `ntkit` command: Ctrl-C while torch loads (seconds) ends quietly, like Ctrl-C later
+    # on (ntkit.cli.main), instead of printing a long import traceback.
+    from ._startup import quiet_interrupt as _quiet_interrupt
+
+    _quiet_interrupt()
+
 from . import bounds, errors, predict, theory
 from .data import corrupt_labels
 from .empirical import empirical_kernel, empirical_nngp, empirical_ntk, ntk_vp

@@ -26,7 +26,8 @@ User files (the name carries the path):
   ``(n, d)``) and ``y`` ``(n,)``; ``y`` typed as for CSV (numbers, or strings saved as a
   NumPy unicode/bytes array).
 
-Empty files, missing or non-numeric columns and missing values (NaN/Inf, empty cells) raise a
+Empty files, missing or non-numeric columns and missing values (NaN/Inf, empty cells, and
+cells such as ``NA``, ``N/A``, ``null``, ``?``: :data:`MISSING_MARKERS`) raise a
 :class:`~ntkit.errors.DataError` whose message says what to change.
 
 ``mnist1d`` is generated from its templates with the package's default arguments
@@ -164,6 +165,10 @@ def _typed_targets(y: np.ndarray) -> np.ndarray:
     return y.astype(np.float64)
 
 
+#: CSV cells read as missing values (then reported as missing, not as a non-numeric column).
+MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none", "?", "#n/a"})
+
+
 def _load_csv(path: str, target: str) -> tuple[np.ndarray, np.ndarray]:
     import csv
 
@@ -204,7 +209,7 @@ def _load_csv(path: str, target: str) -> tuple[np.ndarray, np.ndarray]:
         for i, row in enumerate(body):
             cell = row[k].strip()
             try:
-                values[i, k] = float(cell) if cell else np.nan
+                values[i, k] = np.nan if cell.lower() in MISSING_MARKERS else float(cell)
             except ValueError:
                 raise DataError(
                     f"csv file {path!r}: column {name!r} is not numeric (line {i + 2}: {cell!r}); "
@@ -238,7 +243,13 @@ def _csv_target(cells: list[str]) -> np.ndarray:
 def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     p = _file(path, "npz")
     try:
-        with np.load(p, allow_pickle=False) as archive:
+        loaded = np.load(p, allow_pickle=False)
+        if not hasattr(loaded, "files"):  # a single array (.npy), not an archive
+            raise DataError(
+                f"npz file {path!r} holds a single array (a .npy file), not an archive of arrays "
+                "x and y; save it with numpy.savez(path, x=X, y=y)"
+            )
+        with loaded as archive:
             names = list(archive.files)
             missing = [k for k in ("x", "y") if k not in names]
             if missing:
@@ -256,6 +267,11 @@ def _load_npz(path: str) -> tuple[np.ndarray, np.ndarray]:
     if y.dtype.kind in "US":  # class names
         y = np.char.strip(y.astype(str))
     for label, a in (("x", x), ("y", y)):
+        if np.iscomplexobj(a):
+            raise DataError(
+                f"npz file {path!r}: array {label!r} is complex ({a.dtype}); store real numbers "
+                "(e.g. the real and imaginary parts as separate features)"
+            )
         if label == "y" and a.dtype.kind == "U":
             continue
         if not (np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.bool_)):

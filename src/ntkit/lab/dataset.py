@@ -192,6 +192,26 @@ def _unit_rows(z: np.ndarray, what: str) -> torch.Tensor:
     return torch.from_numpy(z / norms[:, None])
 
 
+#: Unit rows whose inner product is at least this are duplicates: their kernel rows are equal,
+#: so every kernel matrix on the training set is singular (the bound's ``H⁻¹``, the solves).
+DUPLICATE_COSINE = 1.0 - 1e-12
+
+
+def _check_no_duplicates(x_train: torch.Tensor, rows: np.ndarray, dataset: str) -> None:
+    """DataError naming the first duplicated training examples (by row of the data file)."""
+    gram = x_train @ x_train.T
+    gram.fill_diagonal_(0.0)
+    i, j = np.nonzero(np.triu(gram.numpy() >= DUPLICATE_COSINE, 1))
+    if i.size:
+        pairs = ", ".join(f"{int(rows[a])} and {int(rows[b])}" for a, b in zip(i[:3], j[:3]))
+        raise DataError(
+            f"{dataset} has {i.size} pair(s) of training examples that are identical after "
+            f"centring and scaling to unit norm (rows {pairs}{', ...' if i.size > 3 else ''}, "
+            "counted from 0 in the data); their kernel rows are equal, so the kernel matrix is "
+            "singular. Remove the duplicated rows from the data"
+        )
+
+
 def binary_labels(
     y: np.ndarray, name: str, classes: tuple[str, str] | None = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, str]]:
@@ -338,6 +358,7 @@ def prepare(
     prep = Preprocessing.fit(raw_train, standardize, shape)
     x_train = prep(raw_train, f"the training set of {dataset}")
     x_test = prep(np.asarray(X[te], dtype=np.float64), f"the test set of {dataset}")
+    _check_no_duplicates(x_train, tr, dataset)
     as_t = lambda a: torch.as_tensor(a, dtype=torch.float64).to(device)  # noqa: E731
     return LabData(
         name=dataset,

@@ -1,20 +1,27 @@
 """Writing the lab's report: ``report.html``, ``figures/*.png``, ``metrics.json``, ``config.json``.
 
 The report is written into a fresh temporary folder next to the destination and moved into
-place only once every file is complete, so an interrupted or failed run leaves the previous
-report as it was. A destination that holds anything but an earlier ntkit report (or nothing)
-is never replaced.
+place only once every file is complete, so an interrupted (Ctrl-C, SIGTERM) or failed run
+leaves the previous report as it was and no temporary folder behind. A destination that
+holds anything but an earlier ntkit report (or nothing) is never replaced: the marker file
+of a report lists every file the lab wrote, and a folder with any other file (a user's
+notes added to an old report, a user's own ``figures/`` or ``config.json``) is refused.
+An ``--out`` that is a symbolic link to a folder writes the report into the link's target
+(the link stays).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import io
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,22 +79,73 @@ def png_bytes(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def destination(out: str | os.PathLike[str]) -> Path:
+    """The folder a report for ``--out out`` goes to: absolute, and a symbolic link's target."""
+    path = Path(out).expanduser().absolute()
+    return path.resolve() if path.is_symlink() else path
+
+
+def _files_below(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+
+
 def _check_destination(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} is a file, not a folder; choose a folder for the report")
-    if out.is_dir():
-        entries = {p.name for p in out.iterdir()}
-        if entries and MARKER not in entries and not entries <= _OURS:
-            raise ReportError(
-                f"--out {out} already holds other files, and the lab replaces the whole folder; "
-                "choose a new or empty folder"
-            )
+    if not out.is_dir():
+        return
+    entries = {p.name for p in out.iterdir()}
+    if not entries:
+        return
+    if MARKER not in entries:
+        raise ReportError(
+            f"--out {out} already holds other files ({', '.join(sorted(entries)[:5])}) and is not a "
+            "report written by the lab, which replaces the whole folder; choose a new or empty "
+            "folder"
+        )
+    marker_lines = (out / MARKER).read_text(errors="replace").splitlines()
+    written = set(marker_lines[1:]) | {MARKER}
+    present = _files_below(out)
+    if len(marker_lines) > 1:
+        foreign = sorted(present - written)
+    else:  # a marker of an older version lists no files: only the report's names are ours
+        foreign = sorted(f for f in present if f.split("/")[0] not in _OURS
+                         or (f.startswith("figures/") and not f.endswith(".png")))
+    if foreign:
+        raise ReportError(
+            f"--out {out} is an earlier report, but also holds files the lab did not write "
+            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}); the lab replaces "
+            "the whole folder, so move those files elsewhere or choose another --out"
+        )
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """While writing, SIGTERM raises SystemExit (so the temporary folder is removed);
+    the previous handler is restored afterwards. Only in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def write_report(result: LabResult, out: str | os.PathLike[str]) -> Path:
     """Write the report of ``result`` into the folder ``out`` (atomically; see module doc)."""
-    out = Path(out).expanduser().absolute()
+    out = destination(out)
     _check_destination(out)
+    with _terminate_as_exit():
+        return _write_atomically(result, out)
+
+
+def _write_atomically(result: LabResult, out: Path) -> Path:
     tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +189,10 @@ def _write_files(result: LabResult, folder: Path) -> None:
     (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=1, allow_nan=False) + "\n")
     (folder / "config.json").write_text(json.dumps(result.config, indent=1, allow_nan=False) + "\n")
     (folder / "report.html").write_text(render_html(result, images), encoding="utf-8")
-    (folder / MARKER).write_text("written by `ntkit lab`; the whole folder is replaced by the next run\n")
+    listing = "\n".join(sorted(_files_below(folder)))
+    (folder / MARKER).write_text(
+        "written by `ntkit lab`; the whole folder is replaced by the next run. Files:\n" + listing + "\n"
+    )
 
 
 _CSS = """

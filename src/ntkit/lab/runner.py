@@ -73,7 +73,12 @@ def resolve_experiments(names: str | Iterable[str] | None) -> list[str]:
     if isinstance(names, str):
         names = names.split(",")
     wanted = [_canonical(n) for n in names if str(n).strip()]
-    if not wanted or wanted == ["all"]:
+    if not wanted:
+        raise ParameterError(
+            f"no experiment named in {names!r}; name some of {', '.join(EXPERIMENT_NAMES)} "
+            "(comma- or space-separated), or all"
+        )
+    if wanted == ["all"]:
         return list(EXPERIMENT_NAMES)
     for n in wanted:
         if n not in _MODULES:
@@ -181,9 +186,9 @@ def run(
     if arch not in ARCHS:
         raise ParameterError(f"unknown architecture {arch!r}; use fc or cnn")
     if out is not None:
-        from .report import _check_destination
+        from .report import _check_destination, destination
 
-        _check_destination(Path(out).expanduser().absolute())
+        _check_destination(destination(out))
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
