@@ -415,14 +415,22 @@ def test_gp_kernel_rejects_gradient_for_quadrature_activation():
         kernel(X, eval_gradient=True)
 
 
-def test_ntk_kernel_values_are_arch_kernel():
+def test_ntk_kernel_values_are_the_erf_closed_form():
+    # Independent of arch.kernel: the depth-2 erf recursion by hand (Williams 1997),
+    # NTK parameterization, input kernel <x, x'>/d.
     X, _ = _data(n=8, d=3)
-    arch = nk.mlp(2, 1, "erf", W_std=1.1, b_std=0.4)
+    W2, b2 = 1.1**2, 0.4**2
+    q = W2 * (X @ X.T) / X.shape[1] + b2  # first Dense
+    d = np.diag(q)
+    s = np.sqrt(np.outer(1 + 2 * d, 1 + 2 * d))
+    e = (2 / np.pi) * np.arcsin(2 * q / s)
+    e_dot = (4 / np.pi) / np.sqrt(s**2 - 4 * q**2)
+    nngp = W2 * e + b2
+    ntk = nngp + W2 * q * e_dot
     np.testing.assert_allclose(
-        NTK(depth=2, activation="erf", W_std=1.1, b_std=0.4, kernel="nngp")(X),
-        arch.kernel(torch.as_tensor(X), get="nngp").numpy(),
-        rtol=1e-12,
-    )
+        NTK(depth=2, activation="erf", W_std=1.1, b_std=0.4, kernel="nngp")(X), nngp, rtol=1e-12)
+    np.testing.assert_allclose(
+        NTK(depth=2, activation="erf", W_std=1.1, b_std=0.4, kernel="ntk")(X), ntk, rtol=1e-10)
 
 
 def test_errors_are_not_silent_for_singular_ridgeless_fit():
