@@ -261,8 +261,8 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:
         """Fit on ``X`` ``(n, d)`` and class labels ``y`` ``(n,)`` (at least 2 classes)."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
         try:
-            X, y = validate_data(self, X, y, dtype=np.float64)
             check_classification_targets(y)
             classes, y_index = np.unique(y, return_inverse=True)
         except TypeError as err:  # e.g. None mixed with strings: the labels cannot be sorted
