@@ -45,7 +45,7 @@ def resolve_dtype(dtype: Any) -> torch.dtype:
         raise ParameterError(
             f"dtype {dtype} is not supported: its range (max ≈ {torch.finfo(dtype).max:.3g}) and "
             "precision are too small for kernels, which overflow or lose all digits; use "
-            "torch.float32 or torch.float64 (convert a model with model.float() / model.double())"
+            "torch.float64 or torch.float32 (convert a model with model.double() / model.float())"
         )
     if dtype not in _FLOAT_DTYPES:
         raise ParameterError(f"dtype must be a floating type, got {dtype}; use torch.float64")
