@@ -24,29 +24,29 @@ def _x(n=4, d=10, scale=1.0, seed=0):
 
 # ------------------------------------------------------------------ 1. overflow -> error
 def test_huge_w_std_kernel_raises_naming_the_fix():
-    with pytest.raises(NonFiniteError, match=r"overflowed.*W_std.*rescale the inputs.*float64"):
+    with pytest.raises(NonFiniteError, match=r"W_std / b_std.*float64|float64.*W_std / b_std"):
         nk.mlp(30, 1, "relu", W_std=1e6).kernel(torch.randn(4, 10), get="ntk")
 
 
 def test_erf_ntk_infinite_diagonal_raises():
-    with pytest.raises(NonFiniteError, match="overflowed"):
+    with pytest.raises(NonFiniteError, match="W_std / b_std"):
         nk.mlp(1000, 1, "erf", W_std=3.0, b_std=0.5).kernel(_x())
 
 
 def test_huge_inputs_raise_in_engine_and_theory():
     x = _x(scale=1e160)
-    with pytest.raises(NonFiniteError, match="rescale the inputs"):
+    with pytest.raises(NonFiniteError, match="rescale"):
         nk.mlp(3, 1, "relu").kernel(x)
-    with pytest.raises(NonFiniteError, match="rescale the inputs"):
+    with pytest.raises(NonFiniteError, match="rescale"):
         nk.theory.two_layer_ntk(x)
-    with pytest.raises(NonFiniteError, match="overflowed"):  # sibling: the diagonal route
+    with pytest.raises(NonFiniteError, match="rescale"):  # sibling: the diagonal route
         nk.mlp(3, 1, "relu").kernel(x, diagonal=True)
 
 
 def test_conv_and_monte_carlo_overflow_raise():
     img = torch.randn(2, 1, 4, 4, dtype=F64) * 1e160
     arch = nk.serial(nk.Conv(2, (3, 3), padding="same"), nk.ReLU(), nk.GlobalAvgPool(), nk.Dense(1))
-    with pytest.raises(NonFiniteError, match="overflowed"):
+    with pytest.raises(NonFiniteError, match="rescale"):
         arch.kernel(img)
     with pytest.raises(NonFiniteError, match="overflowed"):
         nk.monte_carlo_kernel(nk.mlp(2, 8, "relu", W_std=1e150), _x(2, 3), n_samples=1, get="nngp")
