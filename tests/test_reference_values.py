@@ -187,15 +187,16 @@ def test_lab_steps_to_fit_is_the_first_step_below_the_threshold(metrics):
     assert checked >= 1
 
 
-def test_lab_test_set_is_centred_with_the_training_mean_and_scaled_to_unit_norm(tmp_path):
+def test_lab_test_set_is_standardized_with_training_statistics_and_scaled_to_unit_norm(tmp_path):
     from ntkit.lab.dataset import prepare
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(80, 4)) + np.array([5.0, -3.0, 0.0, 10.0])  # far from the origin
     np.savez(tmp_path / "d.npz", x=X, y=np.arange(80) % 2)
     data = prepare(f"npz:{tmp_path / 'd.npz'}", lab.Sizes.quick().with_(**TINY), 0, torch.device("cpu"))
-    mean = data.raw_train.mean(0)
-    candidates = (X - mean) / np.linalg.norm(X - mean, axis=1, keepdims=True)
+    # standardized with the training set's mean and standard deviation, then on the sphere
+    z = (X - data.raw_train.mean(0)) / data.raw_train.std(0)
+    candidates = z / np.linalg.norm(z, axis=1, keepdims=True)
     train_rows = {tuple(r) for r in data.raw_train}
     for row in data.x_test.numpy():
         hits = np.flatnonzero(np.abs(candidates - row).max(1) < 1e-12)
