@@ -14,8 +14,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import ntkit
 
 ROOT = Path(ntkit.__file__).parent
@@ -92,5 +90,4 @@ def test_linalg_imports_nothing_from_the_kernel_engines():
         for line, mod in _imports(path)
         if mod.startswith(("ntkit.infinite", "ntkit.empirical"))
     ]
-    if bad:
-        pytest.xfail("ntkit.linalg still imports the engines (issue 14 item 3, floor-a):\n" + "\n".join(bad))
+    assert not bad, "\n".join(bad)

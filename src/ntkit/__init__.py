@@ -15,7 +15,8 @@ if _sys.argv and _sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("ntkit",
 
     _quiet_interrupt()
 
-from . import bounds, errors, predict, theory
+from . import bounds, budget, errors, predict, theory
+from .budget import DEFAULT_MEMORY_BUDGET, Budget
 from .data import corrupt_labels
 from .empirical import empirical_kernel, empirical_nngp, empirical_ntk, ntk_vp
 from .errors import NtkitError
@@ -98,12 +99,14 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "DEFAULT_MEMORY_BUDGET",
     "GELU",
     "ABReLU",
     "Abs",
     "Activation",
     "Aggregate",
     "AvgPool",
+    "Budget",
     "Conv",
     "ConvLocal",
     "ConvTranspose",
@@ -144,6 +147,7 @@ __all__ = [
     "Tanh",
     "__version__",
     "bounds",
+    "budget",
     "corrupt_labels",
     "empirical_kernel",
     "empirical_nngp",

@@ -29,6 +29,7 @@ from .polynomial import Hermite, Monomial, Polynomial, RectifiedMonomial, Sign
 from .pooling import AvgPool, Flatten, GlobalAvgPool
 from .products import FanInProd
 from .resize import ImageResize
+from .source import LayerSource
 from .state import KernelState
 from .sum_pooling import GlobalSumPool, SumPool
 
@@ -65,6 +66,7 @@ __all__ = [
     "KernelState",
     "Layer",
     "LayerNorm",
+    "LayerSource",
     "LeakyReLU",
     "Monomial",
     "Polynomial",

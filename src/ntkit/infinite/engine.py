@@ -14,15 +14,13 @@ import math
 
 import torch
 
+from ..budget import check_output, format_bytes, parse_budget
 from ..errors import MemoryBudgetError, ParameterError, ShapeError
 from ..kernel import Kernel
+from ..tiling import CACHE_TILE_ENTRIES, Tile, assemble, grid, rect_blocks, square_side
 from .pairs import evaluate_pairs, pair_block
 from .state import KernelState, swap_pair_axes
 
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
-# Tiles of about this many kernel entries keep a layer's elementwise passes in cache
-# (measured: 512² float64 entries is ~3x faster than 1400² for the depth-3 ReLU MLP).
-_CACHE_TILE_ENTRIES = 512 * 512
 # Live temporaries per pair entry during a layer: inputs, outputs and a few scratch arrays.
 _TEMPORARIES_PER_ENTRY = 12
 
@@ -118,17 +116,16 @@ def check_budget(per_pair: int, budget: int) -> None:
     """Raise MemoryBudgetError when not even one pair of examples fits in ``budget``."""
     if per_pair > budget:
         raise MemoryBudgetError(
-            f"one pair of examples needs about {per_pair / 2**20:.1f} MiB of temporaries "
-            f"but memory_budget is {budget / 2**20:.1f} MiB; raise memory_budget to at least "
-            f"{per_pair} bytes"
+            f"one pair of examples needs {format_bytes(per_pair, 'MiB')} ({per_pair} bytes) of "
+            f"temporaries but memory_budget is {format_bytes(budget, 'MiB')} ({budget} bytes); "
+            f"raise memory_budget to at least {per_pair} bytes"
         )
 
 
 def tile_side(per_pair: int, budget: int, element_size: int) -> int:
     """Side of a square tile of example pairs: within ``budget`` and about cache-sized."""
     entries_per_pair = max(1, per_pair // (element_size * _TEMPORARIES_PER_ENTRY))
-    return max(1, min(math.isqrt(budget // per_pair),
-                      math.isqrt(max(1, _CACHE_TILE_ENTRIES // entries_per_pair))))
+    return square_side(per_pair, budget, CACHE_TILE_ENTRIES // entries_per_pair)
 
 
 def take(side: dict | None, index) -> dict | None:
@@ -168,23 +165,30 @@ def evaluate(
     *,
     want_ntk: bool,
     diagonal: bool,
-    memory_budget: int | None,
+    memory_budget: int | str | None,
     side1: dict | None = None,
     side2: dict | None = None,
+    want_nngp: bool = True,
 ) -> Kernel:
     """Run ``layer`` on the input kernel of ``(x1, x2)`` tile by tile; see module docstring.
 
     ``side1``/``side2``: per-example side information of ``x1``/``x2`` (``{name: (n, ...)}``,
     e.g. masks), sliced along with the examples into every tile.
+    ``want_nngp=False`` (with ``want_ntk``) keeps no NNGP output (``Kernel.nngp`` is None).
+    Raises MemoryBudgetError before any work when the outputs cannot be allocated
+    (:func:`ntkit.budget.check_output`).
     """
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else _budget_bytes(memory_budget)
+    budget = parse_budget(memory_budget)
+    want_nngp = want_nngp or not want_ntk
+    check_outputs(layer, x1, x2, want_ntk=want_ntk, want_nngp=want_nngp, diagonal=diagonal,
+                  side1=side1)
     per_pair = pair_bytes(layer, x1, want_ntk)
     if layer.needs_full_spatial() and x1.ndim > 2:
         # A chunk holds at least one pair and the two self pairs it needs.
         check_budget(per_pair * (1 if x2 is None else 3), budget)
         return evaluate_pairs(
             layer, x1, x2, want_ntk=want_ntk, diagonal=diagonal, per_pair=per_pair, budget=budget,
-            side1=side1, side2=side2,
+            side1=side1, side2=side2, want_nngp=want_nngp,
         )
     check_budget(per_pair, budget)
 
@@ -204,62 +208,80 @@ def evaluate(
         var1 = torch.cat([p.var1 for p in parts])
         var2 = var1 if x2 is None else torch.cat([p.var2 for p in parts])
         return Kernel(
-            nngp=torch.cat([p.nngp for p in parts]),
+            nngp=torch.cat([p.nngp for p in parts]) if want_nngp else None,
             ntk=torch.cat([p.ntk for p in parts]) if want_ntk else None,
             var1=var1,
             var2=var2,
             diagonal=True,
         )
-    return _evaluate_tiles(run, x1, x2, want_ntk, per_pair, budget)
+    return _evaluate_tiles(run, x1, x2, want_ntk, want_nngp, per_pair, budget)
 
 
-def _budget_bytes(memory_budget) -> int:
-    """``memory_budget`` as a positive number of bytes (ParameterError otherwise)."""
-    if isinstance(memory_budget, bool) or not isinstance(memory_budget, (int, float)) or not (
-        math.isfinite(memory_budget) and memory_budget >= 1
-    ):
-        raise ParameterError(
-            f"memory_budget must be a number of bytes >= 1 (e.g. 2**30 for 1 GiB), got "
-            f"{memory_budget!r}"
+def check_outputs(layer, x1, x2, *, want_ntk: bool, want_nngp: bool, diagonal: bool,
+                  side1: dict | None = None) -> None:
+    """MemoryBudgetError, before any tile is computed, when the outputs cannot be allocated.
+
+    The entries per pair are those of the layer's output kernel: one for a readout, the
+    positions (or pairs of positions) for spatial outputs, found from one example with
+    itself (the cheapest tile) when the input is spatial.
+    """
+    n1 = x1.shape[0]
+    n2 = n1 if x2 is None else x2.shape[0]
+    pairs = n1 if diagonal else n1 * n2
+    fields = int(want_ntk) + int(want_nngp)
+    itemsize = x1.element_size()
+    entries = 1
+    what = "diagonal" if diagonal else f"{n1}×{n2}"
+    names = " and ".join(n for n, w in (("NNGP", want_nngp), ("NTK", want_ntk)) if w)
+
+    def check() -> None:
+        check_output(
+            pairs * entries * fields * itemsize,
+            f"the {what} {x1.dtype} {names} ({entries} entries per pair)",
+            "ntkit.linalg.KernelOperator (matrix-free products, iterative solvers such as "
+            "ntkit.linalg.solve(..., solver='cg' or 'nystrom')), diagonal=True for the "
+            "diagonal only, get='ntk' or 'nngp' for one kernel, or smaller batches",
+            x1.device,
         )
-    return int(memory_budget)
+
+    check()  # at least one entry per pair: no work yet
+    if x1.ndim > 2:
+        probe = kernel_block(layer, x1[:1], None, want_ntk=False, diagonal=True,
+                             side_a=take(side1, slice(0, 1)))
+        entries = math.prod(probe.nngp.shape[1:])
+        if entries > 1:
+            check()
 
 
-def _evaluate_tiles(run, x1, x2, want_ntk, bytes_per_pair, budget) -> Kernel:
+def _evaluate_tiles(run, x1, x2, want_ntk, want_nngp, bytes_per_pair, budget) -> Kernel:
     symmetric = x2 is None
     cols_src = x1 if symmetric else x2
     n1, n2 = x1.shape[0], cols_src.shape[0]
     side = tile_side(bytes_per_pair, budget, x1.element_size())
-    row_block = min(n1, side)
-    col_block = min(n2, max(side, (budget // bytes_per_pair) // row_block))
-    if symmetric:
-        col_block = row_block
-    out_nngp = out_ntk = None
-    var1_parts: list[torch.Tensor] = []
+    rows, cols = (min(n1, side),) * 2 if symmetric else rect_blocks(n1, n2, bytes_per_pair, budget, side)
+    var1_parts: dict[int, torch.Tensor] = {}
     var2_parts: dict[int, torch.Tensor] = {}
-    for r0 in range(0, n1, row_block):
-        r1 = min(n1, r0 + row_block)
-        c_start = r0 if symmetric else 0
-        for c0 in range(c_start, n2, col_block):
-            c1 = min(n2, c0 + col_block)
-            same_rows = symmetric and c0 == r0 and c1 == r1
-            state = run(slice(r0, r1), None if same_rows else slice(c0, c1), False)
-            if out_nngp is None:
-                shape = (n1, n2, *state.nngp.shape[2:])
-                out_nngp = state.nngp.new_empty(shape)
-                out_ntk = state.nngp.new_empty(shape) if want_ntk else None
-            if c0 == c_start:
-                var1_parts.append(state.var1)
-            if r0 == 0 and not symmetric:
-                var2_parts[c0] = state.var2
-            for out, tile in ((out_nngp, state.nngp), (out_ntk, state.ntk)):
-                if out is None:
-                    continue
-                if symmetric and c0 == r0:
-                    tile = 0.5 * (tile + swap_pair_axes(tile, len(state.spatial), state.full_spatial))
-                out[r0:r1, c0:c1] = tile
-                if symmetric and c0 != r0:
-                    out[c0:c1, r0:r1] = swap_pair_axes(tile, len(state.spatial), state.full_spatial)
-    var1 = torch.cat(var1_parts)
+    layout: list = []
+
+    def compute(t: Tile):
+        state = run(t.rows, None if t.diagonal else t.cols, False)
+        var1_parts.setdefault(t.r0, state.var1)
+        if t.r0 == 0 and not symmetric:
+            var2_parts[t.c0] = state.var2
+        if not layout:
+            layout.append((len(state.spatial), state.full_spatial))
+        return state.nngp if want_nngp else None, state.ntk
+
+    def outputs(parts):
+        first = parts[0] if parts[0] is not None else parts[1]
+        shape = (n1, n2, *first.shape[2:])
+        return [first.new_empty(shape) if p is not None else None for p in parts]
+
+    def swap(t: torch.Tensor) -> torch.Tensor:
+        return swap_pair_axes(t, *layout[0])
+
+    out_nngp, out_ntk = assemble(grid(n1, n2, rows, cols, symmetric=symmetric), compute, outputs,
+                                 symmetric=symmetric, swap=swap)
+    var1 = torch.cat([var1_parts[r] for r in sorted(var1_parts)])
     var2 = var1 if symmetric else torch.cat([var2_parts[c] for c in sorted(var2_parts)])
     return Kernel(nngp=out_nngp, ntk=out_ntk, var1=var1, var2=var2, diagonal=False)

@@ -60,7 +60,7 @@ class Layer(abc.ABC):
         *,
         diagonal: bool = False,
         dtype: Any = None,
-        memory_budget: int | None = None,
+        memory_budget: int | float | str | None = None,
         mask1: Any = None,
         mask2: Any = None,
         pattern1: Any = None,
@@ -78,8 +78,9 @@ class Layer(abc.ABC):
             diagonal: compute only ``k(x1_i, x2_i)`` (``x2=None``: ``k(x_i, x_i)``); the
                 kernels are then ``(n,)``.
             dtype: ``torch.float64`` (default) or ``torch.float32``.
-            memory_budget: bytes allowed for the temporaries of one tile of example pairs
-                (default 256 MiB); the output matrices are not counted.
+            memory_budget: peak bytes of temporary kernel work (the tiles in flight), not
+                counting the inputs and the returned matrices: ``2**28``, ``2.5e8``,
+                ``"256MiB"``, ``"1GiB"``, ... (default 1 GiB; see :mod:`ntkit.budget`).
             mask1, mask2: boolean ``(n1, *S)``/``(n2, *S)`` masks of absent positions of
                 sequences/images (``True`` = absent; ``None`` = all present), excluded from
                 attention, pooling and normalization (see :mod:`ntkit.infinite.masks`).
@@ -95,8 +96,15 @@ class Layer(abc.ABC):
             NonFiniteError: the inputs hold NaN/Inf, or a kernel overflowed (the message says
                 what to change: smaller ``W_std``/``b_std`` or depth, rescaled inputs, float64).
             ParameterError: bad ``get``/``dtype`` (float16 and complex inputs are refused).
+            ParameterError: a bad ``memory_budget`` spelling (or other argument).
+            MemoryBudgetError: one tile does not fit ``memory_budget``, or the returned
+                matrices do not fit in memory (checked before any work; see
+                :func:`ntkit.budget.check_output`).
         """
+        from ..budget import parse_budget
         from .engine import evaluate
+
+        budget = parse_budget(memory_budget)
 
         names, as_tensor_result = _parse_get(get)
         dtype = resolve_dtype(dtype)
@@ -117,7 +125,7 @@ class Layer(abc.ABC):
                 )
         result = evaluate(
             self, x1, x2, want_ntk="ntk" in names, diagonal=bool(diagonal),
-            memory_budget=memory_budget, side1=side1, side2=side2,
+            memory_budget=budget, want_nngp="nngp" in names, side1=side1, side2=side2,
         )
         if mask1 is not None:
             result = remask(result, mask1, mask1 if mask2 is None else mask2)
@@ -150,6 +158,21 @@ class Layer(abc.ABC):
         m2 = torch.zeros((x2.shape[0], *x2.shape[2:]), dtype=torch.bool, device=x2.device) \
             if mask2 is None else as_mask(mask2, x2, "mask2")
         return {"mask": m1}, {"mask": m2}, m1, m2
+
+    def kernel_source(self, x1: Any, x2: Any = None, get: str = "ntk", *, dtype: Any = None):
+        """This architecture's kernel on ``(x1, x2)`` as a kernel source (:mod:`ntkit.sources`).
+
+        ``x1 (n1, *in_shape)``, ``x2 (n2, *in_shape)`` or ``None`` (symmetric); ``get``:
+        ``"ntk"`` or ``"nngp"``; ``dtype``: float64 (default) or float32. The source of
+        ``nk.linalg.KernelOperator(arch, x1, x2, get)``; its tiles are those of
+        :meth:`kernel` (one number per pair: spatial nets need a readout).
+
+        Returns:
+            A :class:`~ntkit.infinite.source.LayerSource`.
+        """
+        from .source import LayerSource
+
+        return LayerSource(self, x1, x2, get, dtype=dtype)
 
     def build(
         self, in_shape: Sequence[int] | int, seed: int | None = None, dtype: Any = torch.float64

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import ShapeError
 from ..kernel import Kernel
+from ..tiling import chunk_pairs, grid
 from .state import KernelState
 
 # Kernel entries per chunk, at most (512 pairs of 8x8 images, 16 MiB per float64 tensor).
@@ -145,7 +146,7 @@ def swap_pairs(t: torch.Tensor, state: KernelState) -> torch.Tensor:
 
 def max_chunk_pairs(per_pair: int, budget: int, entries_per_pair: int) -> int:
     """Pairs per chunk: within the budget and about cache-sized (at least 1)."""
-    return max(1, min(budget // per_pair, _CACHE_CHUNK_ENTRIES // max(1, entries_per_pair)))
+    return chunk_pairs(per_pair, budget, _CACHE_CHUNK_ENTRIES // max(1, entries_per_pair))
 
 
 def block_side(max_pairs: int) -> int:
@@ -157,16 +158,18 @@ def block_side(max_pairs: int) -> int:
 class _Output:
     """Accumulates chunk results into the ``(n1, n2, ...)`` (or ``(n, ...)``) outputs."""
 
-    def __init__(self, n1: int, n2: int | None, want_ntk: bool) -> None:
-        self.n1, self.n2, self.want_ntk = n1, n2, want_ntk
+    def __init__(self, n1: int, n2: int | None, want_ntk: bool, want_nngp: bool = True) -> None:
+        self.n1, self.n2, self.want_ntk, self.want_nngp = n1, n2, want_ntk, want_nngp
         self.nngp = self.ntk = self.var1 = self.var2 = None
+        self.started = False
 
     def add(self, state: KernelState, m: int, ia, ib, symmetric: bool) -> None:
         cross = slice(0, m)
-        if self.nngp is None:
+        if not self.started:
+            self.started = True
             rest = tuple(state.nngp.shape[1:])
             lead = (self.n1,) if self.n2 is None else (self.n1, self.n2)
-            self.nngp = state.nngp.new_empty(lead + rest)
+            self.nngp = state.nngp.new_empty(lead + rest) if self.want_nngp else None
             self.ntk = state.nngp.new_empty(lead + rest) if self.want_ntk else None
             self.var1 = state.var1.new_empty((self.n1, *state.var1.shape[1:]))
             n_cols = self.n1 if self.n2 is None or symmetric else self.n2
@@ -198,6 +201,7 @@ def evaluate_pairs(
     budget: int,
     side1: dict | None = None,
     side2: dict | None = None,
+    want_nngp: bool = True,
 ) -> Kernel:
     """``layer``'s kernels on ``(x1, x2)`` chunk by chunk; see the module docstring.
 
@@ -212,7 +216,7 @@ def evaluate_pairs(
     n1 = x1.shape[0]
     symmetric = x2 is None
     if diagonal:
-        out = _Output(n1, None, want_ntk)
+        out = _Output(n1, None, want_ntk, want_nngp)
         rows = max_pairs if symmetric else max(1, max_pairs // 3)
         for r0 in range(0, n1, rows):
             idx = torch.arange(r0, min(n1, r0 + rows), device=device)
@@ -220,28 +224,20 @@ def evaluate_pairs(
             out.add(state, m, idx, idx, symmetric)
         return out.kernel(diagonal=True)
     n2 = n1 if symmetric else x2.shape[0]
-    out = _Output(n1, n2, want_ntk)
+    out = _Output(n1, n2, want_ntk, want_nngp)
     if symmetric:
         side = block_side(max_pairs)
-        for r0 in range(0, n1, side):
-            r1 = min(n1, r0 + side)
-            for c0 in range(r0, n1, side):
-                c1 = min(n1, c0 + side)
-                if c0 == r0:
-                    tri = torch.triu_indices(r1 - r0, r1 - r0, device=device) + r0
-                    ia, ib = tri[0], tri[1]
-                else:
-                    ia, ib = _grid(r0, r1, c0, c1, device)
-                state, m = run_pairs(layer, x1, None, ia, ib, want_ntk=want_ntk, **sides)
-                out.add(state, m, ia, ib, True)
-        return out.kernel(diagonal=False)
-    rows = min(n1, block_side(max_pairs))
-    cols = min(n2, max(rows, (max_pairs - rows) // (rows + 1)))
-    for r0 in range(0, n1, rows):
-        for c0 in range(0, n2, cols):
-            ia, ib = _grid(r0, min(n1, r0 + rows), c0, min(n2, c0 + cols), device)
-            state, m = run_pairs(layer, x1, x2, ia, ib, want_ntk=want_ntk, **sides)
-            out.add(state, m, ia, ib, False)
+        tiles = grid(n1, n1, side, symmetric=True)
+    else:
+        rows = min(n1, block_side(max_pairs))
+        tiles = grid(n1, n2, rows, min(n2, max(rows, (max_pairs - rows) // (rows + 1))))
+    for t in tiles:
+        if t.diagonal:  # the upper triangle of a diagonal block, pairs (i, j) with i <= j
+            ia, ib = torch.triu_indices(t.r1 - t.r0, t.r1 - t.r0, device=device) + t.r0
+        else:
+            ia, ib = _grid(t.r0, t.r1, t.c0, t.c1, device)
+        state, m = run_pairs(layer, x1, x2, ia, ib, want_ntk=want_ntk, **sides)
+        out.add(state, m, ia, ib, symmetric)
     return out.kernel(diagonal=False)
 
 

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from .._validation import as_tensor, check_positive_int
+from ..budget import parse_budget
 from ..errors import ParameterError, ShapeError, SingularMatrixError
 from ._validation import (
     as_square_kernel,
@@ -94,16 +95,17 @@ class NystromSolution:
     def predict(
         self, x_test: Any, *, memory_budget: Any = None, progress: bool | None = False
     ) -> torch.Tensor:
-        """``K(x_test, centres) β``: ``(m,)`` or ``(m, k)``, tile by tile (nothing cached)."""
+        """``K(x_test, centres) β``: ``(m,)`` or ``(m, k)``, tile by tile (nothing cached).
+
+        ``memory_budget``: any :mod:`ntkit.budget` spelling (default: the operator's)."""
         op = self.operator
         if op is None or self.centers is None:
             raise ParameterError(
                 "predict() needs a solution fitted on a KernelOperator; use k(x, X)[:, index] @ beta"
             )
-        cross = KernelOperator(
-            op.arch, x_test, self.centers, op.get, dtype=op.dtype, cache=False,
-            memory_budget=op.memory_budget if memory_budget is None else memory_budget,
-            backend=op.backend, client=op._client, timeout=op.timeout, progress=progress,
+        cross = op.with_inputs(
+            x_test, self.centers, cache=False, tile=None, progress=progress,
+            memory_budget=op.memory_budget if memory_budget is None else parse_budget(memory_budget),
         )
         return cross @ self.beta
 
@@ -181,21 +183,17 @@ def nystrom(
     if operator is not None:
         if index is not None:
             knm = operator.columns(index)
-            points = operator.x1[index]
+            x1 = getattr(operator.source, "x1", None)  # sources with inputs: centres as points
+            points = None if x1 is None else x1[index]
         else:
-            knm = KernelOperator(
-                operator.arch, operator.x1, points, operator.get, memory_budget=operator.memory_budget,
-                dtype=dtype, backend=operator.backend, client=operator._client,
-                timeout=operator.timeout, progress=operator.progress,
-            )
+            knm = operator.with_inputs(operator.x1, points, cache="auto", tile=None)
         mode = "iterative" if knm.cached else "gram"
 
         def kmm() -> torch.Tensor:
-            kmm_op = KernelOperator(
-                operator.arch, points, None, operator.get, memory_budget=operator.memory_budget,
-                dtype=dtype, cache=False, backend=operator.backend, client=operator._client,
-                timeout=operator.timeout,
-            )
+            if index is not None:
+                kmm_op = operator.restrict(index, index, cache=False, tile=None, progress=False)
+            else:
+                kmm_op = operator.with_inputs(points, cache=False, tile=None, progress=False)
             try:
                 return kmm_op._dense().to(torch.float64)
             finally:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from .._validation import as_tensor, check_choice
+from ..budget import parse_budget
 from ..errors import ShapeError
 from ._validation import as_square_kernel, as_targets, check_ridge, is_operator
 from .cg import conjugate_gradient
@@ -68,7 +69,7 @@ def choose_solver(kernel: Any) -> str:
     n = kernel.shape[0]
     if not is_operator(kernel):
         return "cholesky" if n <= AUTO_CHOLESKY_MAX_N else "cg"
-    dense = n * n * kernel._cost.itemsize + kernel._cost.tile_bytes(1, 1)
+    dense = n * n * kernel.source.itemsize + kernel.source.tile_bytes(1, 1)
     if n <= AUTO_CHOLESKY_MAX_N and dense <= kernel.memory_budget:
         return "cholesky"
     if kernel.symmetric and kernel.cached:
@@ -206,6 +207,7 @@ def predict(
     """
     from .._validation import resolve_dtype
 
+    memory_budget = parse_budget(memory_budget)
     dt = resolve_dtype(dtype)
     xt = as_tensor(x_train, "x_train", dtype=dt, min_ndim=2)
     a = as_tensor(alpha, "alpha", dtype=dt, min_ndim=1, max_ndim=2, device=xt.device)

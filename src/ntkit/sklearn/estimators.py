@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
 
 
 from .._validation import check_choice, check_nonnegative
+from ..budget import parse_budget
 from ..errors import DataError, ParameterError, ShapeError
 from ..linalg import KernelOperator, predict, solve
 from ..predict import gradient_descent_mse
@@ -50,6 +51,7 @@ class _NTKEstimator(BaseEstimator):
         t: float | None = None,
         ridge: float = 1e-6,
         solver: str = "auto",
+        memory_budget: int | float | str | None = None,
     ) -> None:
         self.depth = depth
         self.activation = activation
@@ -59,6 +61,7 @@ class _NTKEstimator(BaseEstimator):
         self.t = t
         self.ridge = ridge
         self.solver = solver
+        self.memory_budget = memory_budget
 
     def _check_solver_params(self) -> None:
         check_choice(self.kernel, "kernel", (*_KERNELS, "precomputed"))
@@ -69,6 +72,7 @@ class _NTKEstimator(BaseEstimator):
                 raise ParameterError(f"t must be >= 0 (training time), got {self.t}")
         check_nonnegative(self.ridge, "ridge")
         check_choice(self.solver, "solver", _SOLVERS)
+        parse_budget(self.memory_budget)
         if self.solver in _ITERATIVE and self.t is not None and not math.isinf(self.t):
             raise ParameterError(
                 f"solver={self.solver!r} solves the t=None (converged) problem; a finite t needs "
@@ -95,9 +99,10 @@ class _NTKEstimator(BaseEstimator):
         else:
             fn = NTKKernelFunction(self.depth, self.activation, self.W_std, self.b_std, self.kernel)
             if matrix_free:  # tiles under a budget, never the dense n×n matrix
-                H = KernelOperator(fn.arch, _as_matrix(X, "X"), get=self.kernel)
+                H = KernelOperator(fn.arch, _as_matrix(X, "X"), get=self.kernel,
+                                   memory_budget=self.memory_budget)
             else:
-                H = fn.arch.kernel(_as_matrix(X, "X"), get=self.kernel)
+                H = fn.arch.kernel(_as_matrix(X, "X"), get=self.kernel, memory_budget=self.memory_budget)
         ridge = float(self.ridge)
         if matrix_free:
             dual = solve(H, Y, solver=self.solver, ridge=ridge)
@@ -120,13 +125,16 @@ class _NTKEstimator(BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        if self.kernel_function_ is None:
+        fn = self.kernel_function_
+        if fn is None:
             return X @ self.dual_coef_
         if getattr(self, "_matrix_free", False):
-            fn = self.kernel_function_
-            out = predict(fn.arch, _as_matrix(X, "X"), self.X_fit_, self.dual_coef_, get=fn.kernel)
+            out = predict(fn.arch, _as_matrix(X, "X"), self.X_fit_, self.dual_coef_, get=fn.kernel,
+                          memory_budget=self.memory_budget)
             return out.numpy()
-        return self.kernel_function_(X, self.X_fit_) @ self.dual_coef_
+        K = fn.arch.kernel(_as_matrix(X, "X"), _as_matrix(self.X_fit_, "X_fit_"), get=fn.kernel,
+                           memory_budget=self.memory_budget).numpy()
+        return K @ self.dual_coef_
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -168,6 +176,9 @@ _PARAMS_DOC = """
             :func:`ntkit.linalg.solve` on a :class:`~ntkit.linalg.KernelOperator` (tiles
             under its default memory budget: the dense ``n × n`` matrix is never formed;
             with ``kernel="precomputed"`` they run on the given matrix). For large ``n``.
+        memory_budget: peak bytes of temporary kernel work while fitting and predicting
+            (``2**28``, ``2.5e8``, ``"256MiB"``, ``"1GiB"``, ...; default 1 GiB, see
+            :mod:`ntkit.budget`); the kernel matrices themselves are not counted.
 """
 
 
@@ -255,8 +266,9 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         ridge: float = 1e-6,
         temperature: float = 0.1,
         solver: str = "auto",
+        memory_budget: int | float | str | None = None,
     ) -> None:
-        super().__init__(depth, activation, W_std, b_std, kernel, t, ridge, solver)
+        super().__init__(depth, activation, W_std, b_std, kernel, t, ridge, solver, memory_budget)
         self.temperature = temperature
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:
