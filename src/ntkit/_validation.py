@@ -107,7 +107,7 @@ def as_tensor(
         )
     if not allow_empty and t.numel() == 0:
         raise ShapeError(f"{name} is empty (shape {tuple(t.shape)}); pass at least one example")
-    if check_finite and not bool(torch.isfinite(t).all()):
+    if check_finite and not all_finite(t):
         raise NonFiniteError(f"{name} contains NaN or Inf; remove or impute those entries")
     return t
 
@@ -129,8 +129,8 @@ def check_finite_result(result: Any, what: str, hint: str = OVERFLOW_HINT) -> No
     for t in items:
         if t is None or not isinstance(t, torch.Tensor) or not t.is_floating_point():
             continue
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
+        if not all_finite(t):
+            finite = torch.isfinite(t)
             bad = int((~finite).sum())
             kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
             raise NonFiniteError(
@@ -152,6 +152,15 @@ def check_std(value: Any, name: str, *, allow_none: bool = False) -> None:
             f"kernel would be Inf/NaN; use a {name} of order 1 (the kernels scale as {name}² "
             "per layer)"
         )
+
+
+def all_finite(t: torch.Tensor, chunk: int = 1 << 20) -> bool:
+    """Whether ``t`` holds no NaN/Inf, in chunks of ``chunk`` entries (``torch.isfinite`` of a
+    whole kernel matrix would allocate temporaries larger than the matrix itself)."""
+    if t.numel() <= chunk or not t.is_floating_point():
+        return bool(torch.isfinite(t).all())
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
 
 
 def as_input_pair(

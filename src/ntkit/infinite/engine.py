@@ -15,7 +15,7 @@ import math
 import torch
 
 from ..budget import check_output, format_bytes, parse_budget
-from ..errors import MemoryBudgetError, ParameterError, ShapeError
+from ..errors import MemoryBudgetError, ShapeError
 from ..kernel import Kernel
 from ..tiling import CACHE_TILE_ENTRIES, Tile, assemble, grid, rect_blocks, square_side
 from .pairs import evaluate_pairs, pair_block
