@@ -1,7 +1,8 @@
 """The tiling contract, over every kernel source: tiles change nothing but memory.
 
 For each source (infinite FC, infinite CNN with pooling, a precomputed matrix; the
-empirical-NTK source is pending the empirical package's new input layer): the tiled matrix equals the one-tile matrix to 1e-12 (float64) at
+empirical-NTK source is pending the empirical package's new input layer): the tiled matrix
+equals the one-tile matrix to 1e-12 (float64) at
 budgets that force 1, 2 and many tiles; the symmetric walk (``x2=None``) is exactly
 symmetric and its mirrored blocks equal the cross blocks computed directly; peak memory of
 a tiled computation, measured in a fresh process, stays under budget + inputs + output.
