@@ -164,7 +164,7 @@ def test_misleading_messages_become_ntkit_errors():
     with pytest.raises(ParameterError, match="get must be"):
         arch.kernel(x, get=None)
     with pytest.raises(ParameterError, match=r"memory_budget.*bytes"):
-        arch.kernel(x, memory_budget="1GiB")
+        arch.kernel(x, memory_budget="lots")  # "1GiB" is a valid spelling (issue 14)
     with pytest.raises(DeviceError, match="meta"):
         arch.kernel(torch.randn(3, 4, device="meta"))
     with pytest.raises(DeviceError, match="meta"):
