@@ -10,12 +10,19 @@ Reproduce:
     bash scripts/setup_nt_venv.sh          # once: .venv-nt with jax 0.4.25 + neural-tangents
     .venv/bin/python benchmarks/fc_kernel.py                      # full grid
     .venv/bin/python benchmarks/fc_kernel.py --n 8000 --d 784 --dtype float64
+
+Before/after a change of ntkit itself (``--compare-src``: another checkout's ``src``; the two
+are run alternately, ``--rounds`` times each, in fresh subprocesses; medians and new/old):
+    git archive <base-commit> src | tar -x -C /tmp/ntkit_base
+    .venv/bin/python benchmarks/fc_kernel.py --compare-src /tmp/ntkit_base/src --n 2000 4000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -72,9 +79,10 @@ print(json.dumps({{"seconds": statistics.median(times), "peak_above_inputs": pea
 """
 
 
-def run_case(python: Path, template: str, **params) -> dict | None:
+def run_case(python: Path, template: str, src: Path | None = None, **params) -> dict | None:
     code = textwrap.dedent(template + _TIMING).format(**params)
-    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True)
+    env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+    proc = subprocess.run([str(python), "-c", code], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr else "failed"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -88,7 +96,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
+    parser.add_argument("--compare-src", type=Path, help="ntkit src of a base checkout: before/after")
+    parser.add_argument("--rounds", type=int, default=5, help="alternations with --compare-src")
     args = parser.parse_args()
+    if args.compare_src is not None:
+        compare(args)
+        return
     have_nt = NT_PYTHON.exists() and not args.no_nt
     if not have_nt:
         print("neural-tangents venv not found (bash scripts/setup_nt_venv.sh); ntkit only")
@@ -116,6 +129,24 @@ def main() -> None:
                     line += (f"{theirs['seconds']:8.3f} {theirs['peak_above_inputs'] / 1e9:7.2f} | "
                              f"{ratio:6.2f}")
                 print(line, flush=True)
+
+
+def compare(args) -> None:
+    """This checkout's ntkit against ``args.compare_src``, alternating, medians of rounds."""
+    print(f"{'n':>6} {'d':>4} {'dtype':>8} | {'base s':>8} {'this s':>8} | {'this/base':>9}")
+    for dtype in args.dtype:
+        for d in args.d:
+            for n in args.n:
+                params = dict(n=n, d=d, dtype=dtype, repeats=args.repeats, threads=args.threads)
+                base, this = [], []
+                for _ in range(args.rounds):
+                    for src, out in ((args.compare_src, base), (ROOT / "src", this)):
+                        res = run_case(Path(sys.executable), NTKIT_CASE, src, **params)
+                        if "error" in res:
+                            sys.exit(f"{src}: {res['error']}")
+                        out.append(res["seconds"])
+                b, t = statistics.median(base), statistics.median(this)
+                print(f"{n:>6} {d:>4} {dtype:>8} | {b:8.3f} {t:8.3f} | {t / b:9.3f}", flush=True)
 
 
 if __name__ == "__main__":

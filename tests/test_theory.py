@@ -20,7 +20,7 @@ def x():
 
 def test_relu_closed_form_equals_quadrature(x):
     closed = two_layer_ntk(x, activation="relu", method="closed_form")
-    quad = two_layer_ntk(x, activation="relu", method="quadrature", degree=24)
+    quad = two_layer_ntk(x, activation="relu", method="quadrature", degree=12)
     torch.testing.assert_close(quad, closed, rtol=1e-10, atol=1e-12)
 
 
@@ -30,13 +30,13 @@ def test_other_closed_forms_equal_quadrature(x, activation):
     # the quadrature needs a higher degree).
     x = 1.5 * x / x.norm(dim=1, keepdim=True)
     closed = two_layer_ntk(x, activation=activation, method="closed_form")
-    quad = two_layer_ntk(x, activation=activation, method="quadrature", degree=64)
+    quad = two_layer_ntk(x, activation=activation, method="quadrature", degree=16)
     torch.testing.assert_close(quad, closed, rtol=1e-8, atol=1e-12)
 
 
 def test_callable_activation_uses_autograd_derivative(x):
     """A plain callable (derivative by autograd) agrees with the named closed form."""
-    by_callable = two_layer_ntk(x, activation=torch.relu, method="quadrature", degree=24)
+    by_callable = two_layer_ntk(x, activation=torch.relu, method="quadrature", degree=12)
     torch.testing.assert_close(by_callable, two_layer_ntk(x), rtol=1e-10, atol=1e-12)
 
 

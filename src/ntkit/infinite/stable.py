@@ -128,7 +128,9 @@ def root_det(
     if out_dtype != torch.float64:  # products of float32 numbers are exact in float64
         q11, q22, q12 = q11.double(), q22.double(), q12.double()
     if not _needs_scaling(q11 + shift, q22 + shift):
-        det = q11 * q22 - q12 * q12
+        # Not addcmul: a fused multiply-add would round q11·q22 but not q12², so a point with
+        # itself would get det = rounding error instead of exactly 0.
+        det = (q11 * q22).sub_(q12 * q12)
         if shift:
             det = det + shift * (q11 + q22) + shift * shift
         return safe_sqrt(det).to(out_dtype)
