@@ -154,3 +154,16 @@ def test_overflowing_variance_raises_with_the_fix():
     arch = nk.serial(nk.Dense(4, W_std=1e30), nk.ReLU(), nk.Dense(1))
     with pytest.raises(nk.NtkitError, match="float64"):
         arch.kernel(x, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1.0, 1e30])
+@pytest.mark.parametrize("layer", [nk.ReLU(), nk.Abs(), nk.Erf()], ids=["relu", "abs", "erf"])
+def test_gradients_stay_finite_at_every_scale(layer, scale):
+    # Self pairs (ρ = 1), antiparallel pairs (ρ = -1) and a generic one, in float32.
+    q = torch.tensor([1.0, 1.0, 2.0], dtype=torch.float32) * scale
+    q11 = q.clone().requires_grad_(True)
+    q22 = torch.tensor([1.0, 1.0, 0.5], dtype=torch.float32) * scale
+    q12 = (torch.tensor([1.0, -1.0, 0.3], dtype=torch.float32) * scale).requires_grad_(True)
+    nngp, dot = layer.expectations(q11, q22, q12, True)
+    (nngp.sum() / scale + dot.sum()).backward()
+    assert bool(torch.isfinite(q11.grad).all()) and bool(torch.isfinite(q12.grad).all())

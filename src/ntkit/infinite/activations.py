@@ -65,16 +65,18 @@ class ElementwiseLayer(Layer):
     def apply_kernel(self, state: State) -> State:
         state = require_single(state, self)
         need_dot = state.ntk is not None
-        for var in (state.var1, state.var2):  # bounds every entry (Cauchy–Schwarz): cheap check
-            stable.check_finite(var, f"the pre-activation variance entering {self.name}")
-        nngp, dot = self.expectations(state.q11(), state.q22(), state.nngp, need_dot)
         var1 = self.expectations(state.var1, state.var1, state.var1, False)[0]
         if state.var2 is state.var1:
             var2 = var1
         else:
             var2 = self.expectations(state.var2, state.var2, state.var2, False)[0]
-        for var in (var1, var2):
-            stable.check_finite(var, f"the variance after {self.name}")
+        # The variances bound every entry (Cauchy–Schwarz): one cheap check on the vectors.
+        variances = (state.var1, state.var2, var1, var2)
+        if not bool(torch.isfinite(torch.cat([v.reshape(-1) for v in variances])).all()):
+            stable.check_finite(state.var1, f"the pre-activation variance entering {self.name}")
+            stable.check_finite(state.var2, f"the pre-activation variance entering {self.name}")
+            stable.check_finite(torch.cat([var1, var2]), f"the variance after {self.name}")
+        nngp, dot = self.expectations(state.q11(), state.q22(), state.nngp, need_dot)
         ntk = state.ntk * dot if need_dot else None
         return state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, fresh=False)
 
@@ -116,15 +118,16 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
     ``ab·q12 + c·√(q11 q22)(sin t − t cos t)``, ``∝ t³``), so there ``sin t − t cos t`` is
     taken from its series (:func:`_one_minus_t_cot_t`): relative accuracy ``~ε`` at every ``ρ``.
     """
-    root_det = stable.root_det(q11, q22, q12)
-    t = stable.angle(q11, q22, -q12, root_det)
+    span = stable._span(q11, q22)
+    root_det = stable._root_det(q11, q22, q12, 0.0, span)
+    t = stable._angle(q11, q22, q12.neg(), root_det, span)
     c = (a - b) ** 2 / (2 * math.pi)
     near = None
     if c != 0 and float(t.min()) < _SERIES_BELOW:  # near-antiparallel pairs (rare after layer 1)
         flat_t = t.reshape(-1)
         near = (flat_t < _SERIES_BELOW).nonzero().squeeze(1)
         t_near, root_near = flat_t[near], root_det.reshape(-1)[near]
-    dot = t.mul_(c).add_(a * b)
+    dot = t.mul_(c) if a * b == 0 else t.mul_(c).add_(a * b)
     nngp = q12 * dot
     if c != 0:
         nngp.add_(root_det, alpha=c)

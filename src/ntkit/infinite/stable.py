@@ -103,9 +103,16 @@ def _pow2_scale(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return r, inv
 
 
-def _needs_scaling(p11: torch.Tensor, p22: torch.Tensor) -> bool:
-    lo, hi = 2.0 ** -_SAFE_EXPONENT, 2.0**_SAFE_EXPONENT
-    return not all(bool((((p >= lo) & (p <= hi)) | (p == 0)).all()) for p in (p11, p22))
+def _span(q11: torch.Tensor, q22: torch.Tensor) -> tuple[float, float]:
+    """``(min, max)`` over both variance tensors: one reduction, one sync (NaN propagates)."""
+    lo, hi = torch.aminmax(torch.cat([q11.detach().reshape(-1), q22.detach().reshape(-1)]))
+    lo, hi = torch.stack([lo, hi]).tolist()
+    return lo, hi
+
+
+def _needs_scaling(lo: float, hi: float) -> bool:
+    """Whether float64 variances in ``[lo, hi]`` (after the shift) need power-of-two scaling."""
+    return not (2.0**-_SAFE_EXPONENT <= lo and hi <= 2.0**_SAFE_EXPONENT)
 
 
 def root_det(
@@ -124,10 +131,16 @@ def root_det(
     Relative error ``≲ 2ε/(1 − ρ²)`` (``ε`` of float64 also for float32 inputs, whose products
     are formed exactly in float64). The gradient is finite, 0 where the determinant is 0.
     """
+    return _root_det(q11, q22, q12, shift, _span(q11, q22))
+
+
+def _root_det(q11, q22, q12, shift: float, span: tuple[float, float]) -> torch.Tensor:
+    """:func:`root_det` given ``span = _span(q11, q22)``."""
     out_dtype = q12.dtype
-    if out_dtype != torch.float64:  # products of float32 numbers are exact in float64
-        q11, q22, q12 = q11.double(), q22.double(), q12.double()
-    if not _needs_scaling(q11 + shift, q22 + shift):
+    lo, hi = span[0] + shift, span[1] + shift
+    if out_dtype != torch.float64:
+        return _root_det_low_precision(q11, q22, q12, shift, lo, hi)
+    if not _needs_scaling(lo, hi):
         # Not addcmul: a fused multiply-add would round q11·q22 but not q12², so a point with
         # itself would get det = rounding error instead of exactly 0.
         det = (q11 * q22).sub_(q12 * q12)
@@ -145,6 +158,27 @@ def root_det(
     return (safe_sqrt(det) * (i1 * i2)).to(out_dtype)
 
 
+def _root_det_low_precision(q11, q22, q12, shift: float, lo: float, hi: float) -> torch.Tensor:
+    """float32 (or lower): products of two float32 numbers are exact in float64 and cannot
+    overflow or underflow there, so ``det`` is the exactly rounded difference of exact
+    products. ``addcmul`` with float32 ``q12`` computes ``q12·q12`` in float64 (type
+    promotion), so the big tensor is never converted as a whole; exact whether or not the
+    platform fuses the multiply-add (both products are exact)."""
+    out_dtype = q12.dtype
+    d11, d22 = q11.double(), q22.double()
+    det = torch.addcmul(d11 * d22, q12, q12, value=-1)
+    if shift:
+        det = det + shift * (d11 + d22) + shift * shift
+    if det.requires_grad:
+        return safe_sqrt(det).to(out_dtype)
+    # If every product (hence det) fits the dtype with room for det down to 2^-50 of it,
+    # take the root there (less memory traffic); else in float64.
+    finfo = torch.finfo(out_dtype)
+    if hi * hi < finfo.max / 4 and lo * lo > finfo.tiny * 2.0**50:
+        return det.to(out_dtype).clamp_(min=0).sqrt_()
+    return det.clamp_(min=0).sqrt_().to(out_dtype)
+
+
 def angle(
     q11: torch.Tensor, q22: torch.Tensor, q12: torch.Tensor, root: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -153,10 +187,14 @@ def angle(
     Exactly 0 for a point with itself (``det = 0``, ``q12 > 0``). ``root`` is
     :func:`root_det` if already computed. Shapes as in :func:`root_det`.
     """
-    if root is None:
-        root = root_det(q11, q22, q12)
+    span = _span(q11, q22)
+    return _angle(q11, q22, q12, _root_det(q11, q22, q12, 0.0, span) if root is None else root, span)
+
+
+def _angle(q11, q22, q12, root: torch.Tensor, span: tuple[float, float]) -> torch.Tensor:
+    """:func:`angle` given ``root`` and ``span = _span(q11, q22)``."""
     theta = torch.atan2(root, q12)
-    if not (bool((q11 > 0).all()) and bool((q22 > 0).all())):  # checked on the small tensors
+    if not span[0] > 0:  # a zero variance somewhere (or NaN): ρ = 0 there
         theta = torch.where((q11 > 0) & (q22 > 0), theta, math.pi / 2)
     return theta
 
