@@ -110,32 +110,37 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
     """Returns ``(E[φ'φ'], E[φφ], √(q11 q22 − q12²))`` for the ABReLU family.
 
     With ``c = (a − b)²/2π`` and ``t = π − θ`` (the angle between ``u`` and ``−v``):
-    ``E[φ'φ'] = ab + c·t`` and ``E[φφ] = q12·E[φ'φ'] + c·√det``. ``t = atan2(√det, −q12)``
-    (not ``π − arccos ρ``): exact for a point with itself and relatively accurate as
-    ``ρ → −1``, where ``E[φ'φ'] − ab ∝ t → 0``. ``√det`` comes from
+    ``E[φ'φ'] = ab + c·t`` and ``E[φφ] = q12·E[φ'φ'] + c·√det``, ``θ = atan2(√det, q12)``
+    (not ``arccos ρ``: exact for a point with itself). As ``ρ → −1``, where
+    ``E[φ'φ'] − ab ∝ t → 0``, ``t`` is taken as ``atan2(√det, −q12)`` (full relative
+    accuracy) on the entries with ``t < 1/2``. ``√det`` comes from
     :func:`ntkit.infinite.stable.root_det` (no overflow/underflow of ``q11·q22`` in any dtype).
     Near ``ρ = −1`` (``t < 1/2``) the two terms of ``E[φφ]`` cancel (their sum is
     ``ab·q12 + c·√(q11 q22)(sin t − t cos t)``, ``∝ t³``), so there ``sin t − t cos t`` is
     taken from its series (:func:`_one_minus_t_cot_t`): relative accuracy ``~ε`` at every ``ρ``.
     """
     span = stable._span(q11, q22)
-    root_det = stable._root_det(q11, q22, q12, 0.0, span)
-    t = stable._angle(q11, q22, q12.neg(), root_det, span)
+    # float32: det in float32 (backward stable, ≤ 1e-5 relative on the reference table); the
+    # exact float64 route costs ~40% of the FC kernel in float32 (benchmarks/RESULTS.md).
+    root_det = stable._root_det(q11, q22, q12, 0.0, span, exact=False)
+    theta = stable._angle(q11, q22, q12, root_det, span)
     c = (a - b) ** 2 / (2 * math.pi)
     near = None
-    if c != 0 and float(t.min()) < _SERIES_BELOW:  # near-antiparallel pairs (rare after layer 1)
-        flat_t = t.reshape(-1)
-        near = (flat_t < _SERIES_BELOW).nonzero().squeeze(1)
-        t_near, root_near = flat_t[near], root_det.reshape(-1)[near]
-    dot = t.mul_(c) if a * b == 0 else t.mul_(c).add_(a * b)
+    if c != 0 and float(theta.max()) > math.pi - _SERIES_BELOW:  # near-antiparallel pairs
+        flat = theta.reshape(-1)
+        near = (flat > math.pi - _SERIES_BELOW).nonzero().squeeze(1)
+        root_near = root_det.reshape(-1)[near]
+        q12_near = torch.broadcast_to(q12, theta.shape)[torch.unravel_index(near, theta.shape)]
+        t_near = torch.atan2(root_near, -q12_near)  # π − θ, to full relative accuracy
+    # dot = ab + c(π − θ): an affine map of θ (accurate to ε·π absolutely; `near` fixes ρ ≈ −1).
+    dot = theta.mul_(-c).add_(a * b + c * math.pi)
     nngp = q12 * dot
     if c != 0:
         nngp.add_(root_det, alpha=c)
     if near is not None and near.numel():
         # √(q11 q22)(sin t − t cos t) = √det · (1 − t cot t), since √det = √(q11 q22) sin t.
-        q12_near = q12.expand_as(nngp).reshape(-1)[near] if q12.shape != nngp.shape else q12.reshape(-1)[near]
-        fixed = q12_near * (a * b) + c * root_near * _one_minus_t_cot_t(t_near)
-        nngp.view(-1)[near] = fixed
+        dot.view(-1)[near] = c * t_near + a * b
+        nngp.view(-1)[near] = q12_near * (a * b) + c * root_near * _one_minus_t_cot_t(t_near)
     return dot, nngp, root_det
 
 
