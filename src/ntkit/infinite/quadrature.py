@@ -154,12 +154,15 @@ def gaussian_expectation(
         The expectations. Accuracy: see the module docstring (``<= tol`` for activations
         analytic near the real axis and polynomially bounded, variances 1e-4 … 1e4 tested).
         The mesh is graded to ``max(q11, q22)``, so cost grows like ``log(q)²`` above
-        ``q ≈ 1``. ``|ρ| <= 1`` is enforced and a zero variance is read as ``ρ = 0``.
+        ``q ≈ 1``. Lower-precision inputs are integrated in float64 and rounded once. ``|ρ| <= 1`` is enforced and a zero variance is read as ``ρ = 0``.
 
     Raises:
         ParameterError: ``degree`` out of range or ``tol`` not in (0, 1).
     """
     degree = degree_for_tolerance(tol) if degree is None else check_degree(degree)
+    if q12.dtype != torch.float64:  # sums of ~1e4 terms: accumulate in float64, round once
+        result = gaussian_expectation(f, g, q11.double(), q22.double(), q12.double(), degree, tol)
+        return result.to(q12.dtype)
     shape = torch.broadcast_shapes(q11.shape, q22.shape, q12.shape)
     dtype, device = q12.dtype, q12.device
     beta = stable.angle(q11.clamp(min=0), q22.clamp(min=0), q12).expand(shape).reshape(-1)
