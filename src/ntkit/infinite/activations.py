@@ -139,8 +139,9 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
         nngp.add_(root_det, alpha=c)
     if near is not None and near.numel():
         # √(q11 q22)(sin t − t cos t) = √det · (1 − t cot t), since √det = √(q11 q22) sin t.
-        dot.view(-1)[near] = c * t_near + a * b
-        nngp.view(-1)[near] = q12_near * (a * b) + c * root_near * _one_minus_t_cot_t(t_near)
+        where = torch.unravel_index(near, theta.shape)  # any strides (spatial kernels)
+        dot[where] = c * t_near + a * b
+        nngp[where] = q12_near * (a * b) + c * root_near * _one_minus_t_cot_t(t_near)
     return dot, nngp, root_det
 
 

@@ -154,7 +154,8 @@ def gaussian_expectation(
         The expectations. Accuracy: see the module docstring (``<= tol`` for activations
         analytic near the real axis and polynomially bounded, variances 1e-4 … 1e4 tested).
         The mesh is graded to ``max(q11, q22)``, so cost grows like ``log(q)²`` above
-        ``q ≈ 1``. Lower-precision inputs are integrated in float64 and rounded once. ``|ρ| <= 1`` is enforced and a zero variance is read as ``ρ = 0``.
+        ``q ≈ 1``. Lower-precision inputs are integrated in float64 and rounded once.
+        ``|ρ| <= 1`` is enforced and a zero variance is read as ``ρ = 0``.
 
     Raises:
         ParameterError: ``degree`` out of range or ``tol`` not in (0, 1).

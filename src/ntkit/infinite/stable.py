@@ -200,15 +200,15 @@ def _root_det_refined(q11, q22, q12) -> torch.Tensor:
     prod = q11 * q22
     det = q12 * q12
     torch.sub(prod, det, out=det)
-    near = (det < prod.mul_(_REFINE_BELOW)).view(-1).nonzero().squeeze(1)
+    near = (det < prod.mul_(_REFINE_BELOW)).reshape(-1).nonzero().squeeze(1)
     det.clamp_(min=0).sqrt_()
     if near.numel():
         shape = det.shape
-        where = torch.unravel_index(near, shape)
+        where = torch.unravel_index(near, shape)  # any strides
         a = torch.broadcast_to(q11, shape)[where].double()
         b = torch.broadcast_to(q22, shape)[where].double()
         c = torch.broadcast_to(q12, shape)[where].double()
-        det.view(-1)[near] = (a * b - c * c).clamp_(min=0).sqrt_().to(det.dtype)
+        det[where] = (a * b - c * c).clamp_(min=0).sqrt_().to(det.dtype)
     return det
 
 
