@@ -63,8 +63,25 @@ def _call_classifier(b):
     return NTKClassifier(depth=2, memory_budget=b).fit(_X.numpy(), y).predict(_X.numpy())
 
 
+def _call_empirical_ntk(b):
+    return nk.empirical_ntk(_mlp_model(), _X, memory_budget=b)
+
+
+def _call_plan_empirical_ntk(b):
+    return nk.empirical.plan_empirical_ntk(_mlp_model(), _X, memory_budget=b)
+
+
+def _call_empirical_nngp(b):
+    return nk.empirical_nngp(_mlp_model(), _X, memory_budget=b)
+
+
+def _call_monte_carlo(b):
+    return nk.monte_carlo_kernel(nk.mlp(2, 4, "relu"), _X, n_samples=1, seed=0, memory_budget=b)
+
+
 ENTRY_POINTS = [
-    _call_layer_kernel, _call_operator,
+    _call_layer_kernel, _call_operator, _call_empirical_ntk, _call_plan_empirical_ntk,
+    _call_empirical_nngp, _call_monte_carlo,
     _call_linalg_predict, _call_nystrom_predict, _call_regressor, _call_regressor_cg,
     _call_classifier,
 ]
@@ -190,3 +207,24 @@ def test_ntk_only_keeps_no_nngp():
     kc = conv.kernel(xc, get=("ntk",))
     assert kc.nngp is None
     torch.testing.assert_close(kc.ntk, conv.kernel(xc).ntk, rtol=0, atol=0)
+
+
+def test_empirical_full_output_refused_before_any_block(monkeypatch):
+    """An (n, n, o, o) empirical NTK larger than the machine is refused up front (issue 12)."""
+    from ntkit.empirical import core
+
+    monkeypatch.setenv("NTKIT_MAX_OUTPUT", "1GiB")
+
+    def no_block(*args, **kwargs):
+        raise AssertionError("a block was computed before the output check")
+
+    monkeypatch.setattr(core, "tile", no_block)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 10)).double()
+    x = torch.randn(20_000, 3, dtype=torch.float64)
+    with pytest.raises(MemoryBudgetError, match="320000000000 bytes") as err:
+        nk.empirical_ntk(model, x, output="full")
+    assert "output='trace'" in str(err.value)
+    # the trace output of the same problem (3.2 GB) is refused too under a 1 GiB cap
+    with pytest.raises(MemoryBudgetError, match="3200000000 bytes"):
+        nk.empirical_ntk(model, x, output="trace")

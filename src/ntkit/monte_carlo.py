@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ._validation import as_input_pair, check_finite_result, check_positive_int, resolve_dtype
+from .budget import parse_budget
 from .empirical import empirical_ntk
 from .empirical.inputs import OutputFn
 from .empirical.kernels import model_outputs
@@ -40,7 +41,7 @@ def monte_carlo_kernel(
     get: str | Sequence[str] = ("nngp", "ntk"),
     method: str = "auto",
     batch_size: int | None = None,
-    memory_budget: int | None = None,
+    memory_budget: Any = None,
     dtype: Any = torch.float64,
     output_fn: OutputFn = None,
     model_kwargs: dict | None = None,
@@ -83,6 +84,7 @@ def monte_carlo_kernel(
     if not names or any(g not in ("nngp", "ntk") for g in names):
         raise ParameterError(f"get must be 'nngp', 'ntk' or a tuple of them, got {get!r}")
     counts = _counts(n_samples)
+    parse_budget(memory_budget)  # every budget spelling, checked before the first sample
     dtype = resolve_dtype(dtype)
     if is_arch:
         x1, x2 = as_input_pair(x1, x2, dtype=dtype)

@@ -15,15 +15,10 @@ import math
 import torch
 
 from .._validation import check_positive_int
+from ..budget import DEFAULT_MEMORY_BUDGET, describe
 from ..errors import MemoryBudgetError
 
-#: Bytes allowed for the temporaries of one block pair (the output is not counted).
-DEFAULT_MEMORY_BUDGET = 2**30
-
-
-def describe(n: int) -> str:
-    """``'268435456 bytes (256.0 MiB)'``: a byte count as error messages state it."""
-    return f"{int(n)} bytes ({n / 2**20:.1f} MiB)"
+__all__ = ["DEFAULT_MEMORY_BUDGET", "block_size", "caches", "describe", "swap", "tile"]
 
 
 def block_size(method, n: int, output: str, budget: int, batch_size: int | None) -> int:

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._validation import check_choice, check_finite_result, check_positive_int
+from .._validation import check_choice, check_finite_result
+from ..budget import check_output, parse_budget
 from ..errors import MemoryBudgetError, ModelError, NtkitError, ShapeError
 from . import cost_model
-from ._blocks import DEFAULT_MEMORY_BUDGET, block_size, caches, tile
+from ._blocks import block_size, caches, tile
 from ._memo import recall, remember
 from ._params import ParamSelector, Problem, prepare
 from .inputs import Examples, OutputFn, OutputSelector, as_example_pair
@@ -64,7 +65,7 @@ def empirical_ntk(
     output_fn: OutputFn = None,
     model_kwargs: dict | None = None,
     batch_size: int | None = None,
-    memory_budget: int | None = None,
+    memory_budget: Any = None,
 ) -> torch.Tensor:
     """Empirical NTK ``k(x, x')_{o o'} = Σ_p ∂f_o(x)/∂w_p · ∂f_o'(x')/∂w_p`` at the current weights.
 
@@ -124,7 +125,7 @@ def empirical_ntk(
     with torch.enable_grad(), traceable(model):  # results carry no graph
         _problem, x1, x2, plan, runner = _plan(model, x1, x2, output, method, params, output_fn,
                                               model_kwargs, batch_size, memory_budget)
-        budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+        budget = parse_budget(memory_budget)
         try:
             if output == "diagonal_batch":
                 kernel = _diagonal_batch(runner, x1, plan.block)
@@ -148,7 +149,7 @@ def empirical_ntk(
 def plan_empirical_ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: str = "trace",
                        method: str = "auto", params: ParamSelector = None,
                        output_fn: OutputFn = None, model_kwargs: dict | None = None,
-                       batch_size: int | None = None, memory_budget: int | None = None) -> Plan:
+                       batch_size: int | None = None, memory_budget: Any = None) -> Plan:
     """What :func:`empirical_ntk` would do with these arguments (which method ``auto``
     picks after trying the cheapest on two examples, the block sizes, the estimated costs),
     without computing the kernel."""
@@ -185,17 +186,35 @@ def prepare_problem(model, x1, x2, params, output_fn, model_kwargs):
     return problem, x1, x2, probe
 
 
+def ref_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (the kernel's dtype)."""
+    return next(p for p in model.parameters() if p.is_floating_point()).dtype
+
+
+def _check_output_size(output: str, n1: int, n2: int, n_out: int, x1: Examples,
+                       dtype: torch.dtype) -> None:
+    """Refuse, before any block is computed, a kernel that cannot be allocated (issue 12)."""
+    entries = {"trace": n1 * n2, "diagonal": n1 * n2 * n_out, "full": n1 * n2 * n_out * n_out,
+               "diagonal_batch": n1}[output]
+    check_output(
+        entries * torch.empty((), dtype=dtype).element_size(),
+        f"the empirical NTK (output={output!r}, {n1} × {n2} examples, {n_out} outputs)",
+        "output='trace' or 'diagonal' (fewer entries), output='diagonal_batch' (k(x_i, x_i) "
+        "only), or a matrix-free solver on blocks of examples",
+    )
+
+
 def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_size, memory_budget):
     check_choice(output, "output", OUTPUTS)
     check_choice(method, "method", METHODS)
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_positive_int(
-        memory_budget, "memory_budget")
+    budget = parse_budget(memory_budget)
     if output == "diagonal_batch" and x2 is not None:
         raise ShapeError("output='diagonal_batch' gives k(x_i, x_i) of x1 alone; pass x2=None")
     problem, x1, x2, probe = prepare_problem(model, x1, x2, params, output_fn, model_kwargs)
     n1 = len(x1)
     symmetric = x2 is None
     n2 = n1 if symmetric else len(x2)
+    _check_output_size(output, n1, n2, problem.n_out, x1, ref_dtype(model))
     pair_output = "trace" if output == "diagonal_batch" else output
     if output == "diagonal_batch":  # per-example work only: cost it as n1 pairs
         n2, symmetric = 1, False

@@ -21,9 +21,9 @@ from torch import nn
 from torch.func import jvp, vjp
 
 from .._validation import check_choice, check_positive_int
+from ..budget import parse_budget
 from ..errors import NtkitError, ParameterError, ShapeError
 from ..kernel import Kernel
-from ._blocks import DEFAULT_MEMORY_BUDGET
 from ._params import ParamSelector, Problem
 from .core import empirical_ntk, prepare_problem
 from .inputs import Examples, OutputFn
@@ -41,15 +41,14 @@ def _outputs(problem: Problem, x: Examples, block: int) -> torch.Tensor:
 def _block(problem: Problem, batch_size: int | None, memory_budget: int | None) -> int:
     if batch_size is not None:
         return check_positive_int(batch_size, "batch_size")
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else check_positive_int(
-        memory_budget, "memory_budget")
+    budget = parse_budget(memory_budget)
     per_example = 4 * (problem.act_numel + problem.n_out) * problem.itemsize
     return max(1, budget // max(1, per_example))
 
 
 def empirical_nngp(model: nn.Module, x1: Any, x2: Any = None, *, output: str = "trace",
                    output_fn: OutputFn = None, model_kwargs: dict | None = None,
-                   batch_size: int | None = None, memory_budget: int | None = None) -> torch.Tensor:
+                   batch_size: int | None = None, memory_budget: Any = None) -> torch.Tensor:
     """Empirical NNGP kernel: the inner products of the model's outputs.
 
     ``k(x, x')_{o o'} = f_o(x) f_o'(x')`` at the current weights; the expectation over
@@ -100,7 +99,7 @@ def _products(f1: torch.Tensor, f2: torch.Tensor, output: str) -> torch.Tensor:
 
 def ntk_vp(model: nn.Module, x1: Any, x2: Any, v: Any, *, params: ParamSelector = None,
            output_fn: OutputFn = None, model_kwargs: dict | None = None,
-           batch_size: int | None = None, memory_budget: int | None = None) -> torch.Tensor:
+           batch_size: int | None = None, memory_budget: Any = None) -> torch.Tensor:
     """The NTK-vector product ``(Θ v)[i, a] = Σ_{j, b} Θ(x1_i, x2_j)_{a b} v[j, b]``, never forming Θ.
 
     Computed as ``J(x1) (J(x2)ᵀ v)``: VJPs of the ``x2`` blocks with cotangents ``v`` summed
@@ -179,7 +178,7 @@ def empirical_kernel(model: nn.Module, x1: Any, x2: Any = None, *,
                      get: str | Sequence[str] = ("nngp", "ntk"), method: str = "auto",
                      params: ParamSelector = None, output_fn: OutputFn = None,
                      model_kwargs: dict | None = None, batch_size: int | None = None,
-                     memory_budget: int | None = None) -> Kernel:
+                     memory_budget: Any = None) -> Kernel:
     """Empirical NNGP and NTK of one model as a :class:`~ntkit.Kernel` (traced over outputs).
 
     Args:
