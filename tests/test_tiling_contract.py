@@ -1,8 +1,7 @@
 """The tiling contract, over every kernel source: tiles change nothing but memory.
 
-For each source (infinite FC, infinite CNN with pooling, a precomputed matrix; the
-empirical-NTK source is pending the empirical package's new input layer): the tiled matrix
-equals the one-tile matrix to 1e-12 (float64) at
+For each source (infinite FC, infinite CNN with pooling, the empirical NTK of a small MLP, a
+precomputed matrix): the tiled matrix equals the one-tile matrix to 1e-12 (float64) at
 budgets that force 1, 2 and many tiles; the symmetric walk (``x2=None``) is exactly
 symmetric and its mirrored blocks equal the cross blocks computed directly; peak memory of
 a tiled computation, measured in a fresh process, stays under budget + inputs + output.
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 import ntkit as nk
+from ntkit.empirical import EmpiricalNTKSource
 from ntkit.infinite import engine
 from ntkit.linalg import KernelOperator, TensorSource
 from ntkit.tiling import Tile, assemble, grid, map_tiles, square_side
@@ -52,6 +52,7 @@ def _sources():
     return {
         "infinite_fc": _fc().kernel_source(x_fc),
         "infinite_cnn_pool": _cnn().kernel_source(x_img),
+        "empirical_ntk": EmpiricalNTKSource(_mlp_model(), x_fc, method="jacobian"),
         "tensor": TensorSource(K),
     }
 
@@ -106,6 +107,22 @@ def test_symmetric_walk_equals_cross_blocks(name):
     # x2 given equal to x1: the same matrix
     same = _untiled(src.restrict(rows=torch.arange(n), cols=torch.arange(n)))
     assert _rel(dense, same) < 1e-12
+
+
+def test_empirical_source_x2_equal_x1():
+    """``EmpiricalNTKSource(model, x, x)`` is the symmetric source; the cross route (columns
+    permuted, so no pair of blocks is a diagonal one) gives the same matrix."""
+    model, x = _mlp_model(), _x(N, 5)
+    sym = EmpiricalNTKSource(model, x, method="jacobian")
+    assert EmpiricalNTKSource(model, x, x.clone(), method="jacobian").symmetric
+    perm = torch.randperm(N, generator=torch.Generator().manual_seed(0))
+    cross = EmpiricalNTKSource(model, x, x[perm], method="jacobian")
+    assert not cross.symmetric
+    budget = sym.tile_bytes(7, 7)
+    dense = KernelOperator(sym, memory_budget=budget, cache=False) @ torch.eye(N, dtype=F64)
+    dense_cross = KernelOperator(cross, memory_budget=budget, cache=False) @ torch.eye(N, dtype=F64)
+    assert torch.equal(dense, dense.T)
+    assert _rel(dense_cross, dense[:, perm]) < 1e-12
 
 
 @pytest.mark.parametrize("arch_name", ["fc", "cnn"])
@@ -175,6 +192,12 @@ _PEAK = textwrap.dedent(
         arch = nk.serial(nk.Conv(4, (3, 3), padding="same"), nk.ReLU(), nk.GlobalAvgPool(), nk.Dense(1))
         src = arch.kernel_source(x)
         out_bytes = 120 * 8  # untiled, the (120, 120, 16, 16) pair tensors: 29 MB each
+    elif case == "empirical_operator":
+        x = torch.randn(2000, 20, dtype=torch.float64, generator=g)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(20, 64), nn.Tanh(), nn.Linear(64, 1)).double()
+        src = nk.empirical.EmpiricalNTKSource(model, x, method="jacobian", memory_budget=budget)
+        out_bytes = 2000 * 8
     elif case == "fc_kernel":
         x = torch.randn(2000, 20, dtype=torch.float64, generator=g)
         out_bytes = 2000 * 2000 * 8
@@ -191,7 +214,9 @@ _PEAK = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("case", ["fc_operator", "cnn_operator", "fc_kernel"])
+@pytest.mark.parametrize("case", [
+    "fc_operator", "cnn_operator", pytest.param("empirical_operator", marks=pytest.mark.slow), "fc_kernel",
+])
 def test_peak_memory_under_budget_inputs_and_output(case):
     budget = 8 * 2**20  # a dense 2000×2000 float64 matrix (32 MB) would not fit the bound
     proc = subprocess.run([sys.executable, "-c", _PEAK, case, str(budget)], capture_output=True,

@@ -18,7 +18,7 @@ if _sys.argv and _sys.argv[0].replace("\\", "/").rsplit("/", 1)[-1] in ("ntkit",
 from . import bounds, budget, errors, predict, theory
 from .budget import DEFAULT_MEMORY_BUDGET, Budget
 from .data import corrupt_labels
-from .empirical import empirical_kernel, empirical_nngp, empirical_ntk, ntk_vp
+from .empirical import EmpiricalNTKSource, empirical_kernel, empirical_nngp, empirical_ntk, ntk_vp
 from .errors import NtkitError
 from .infinite import (
     GELU,
@@ -114,6 +114,7 @@ __all__ = [
     "Dense",
     "Dropout",
     "Elementwise",
+    "EmpiricalNTKSource",
     "Erf",
     "Exp",
     "ExpNormalized",

@@ -23,7 +23,7 @@ a tile costs, and computes any tile, its diagonal, and sub-sources:
 
 Implementations: :class:`TensorSource` (a precomputed matrix, here),
 ``ntkit.infinite.LayerSource`` (``arch.kernel_source(x1, x2)``, the infinite-width
-kernels).
+kernels), ``ntkit.empirical.EmpiricalNTKSource`` (the empirical NTK of a fixed model).
 This module, like :mod:`ntkit.tiling`, imports neither of those packages: ``ntkit.linalg``
 works with any source.
 """

@@ -128,7 +128,7 @@ def empirical_ntk(
         budget = parse_budget(memory_budget)
         try:
             if output == "diagonal_batch":
-                kernel = _diagonal_batch(runner, x1, plan.block)
+                kernel = diagonal_batch(runner, x1, plan.block)
             else:
                 n_examples = len(x1) + (0 if x2 is None else len(x2))
                 kernel = tile(runner, x1, x2, output, plan.block, caches(runner, n_examples, budget))
@@ -158,7 +158,9 @@ def plan_empirical_ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: str
                      memory_budget)[3]
 
 
-def _diagonal_batch(runner, x: Examples, block: int) -> torch.Tensor:
+def diagonal_batch(runner, x: Examples, block: int) -> torch.Tensor:
+    """``(n,)``: ``k(x_i, x_i)`` traced over outputs, ``block`` examples at a time (no pairs
+    of different examples)."""
     parts = []
     for start in range(0, len(x), block):
         f = runner.features(x[start : start + block])
@@ -200,11 +202,18 @@ def _check_output_size(output: str, n1: int, n2: int, n_out: int, x1: Examples,
         entries * torch.empty((), dtype=dtype).element_size(),
         f"the empirical NTK (output={output!r}, {n1} × {n2} examples, {n_out} outputs)",
         "output='trace' or 'diagonal' (fewer entries), output='diagonal_batch' (k(x_i, x_i) "
-        "only), or a matrix-free solver on blocks of examples",
+        "only), or the matrix-free route: nk.linalg.KernelOperator(nk.EmpiricalNTKSource(model, "
+        "x)) with an iterative solver (nk.linalg.solve(op, y, solver='cg' or 'nystrom'))",
     )
 
 
-def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_size, memory_budget):
+def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_size, memory_budget,
+          check_size: bool = True):
+    """``(problem, x1, x2, plan, runner)``: inputs as :class:`Examples`, the chosen method.
+
+    ``check_size=False`` skips the refusal of an output that cannot be allocated (a kernel
+    source computes tiles of it, never the whole matrix).
+    """
     check_choice(output, "output", OUTPUTS)
     check_choice(method, "method", METHODS)
     budget = parse_budget(memory_budget)
@@ -214,7 +223,8 @@ def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_
     n1 = len(x1)
     symmetric = x2 is None
     n2 = n1 if symmetric else len(x2)
-    _check_output_size(output, n1, n2, problem.n_out, x1, ref_dtype(model))
+    if check_size:
+        _check_output_size(output, n1, n2, problem.n_out, x1, ref_dtype(model))
     pair_output = "trace" if output == "diagonal_batch" else output
     if output == "diagonal_batch":  # per-example work only: cost it as n1 pairs
         n2, symmetric = 1, False

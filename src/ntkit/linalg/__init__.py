@@ -3,7 +3,8 @@
 - :class:`KernelOperator` — ``op @ v`` tile by tile under a memory budget (never the
   ``n × n`` matrix), ``op.diag()``, ``op.to_dense()`` (refused past the budget), over any
   kernel source (:mod:`ntkit.sources`: an architecture's kernel, the empirical NTK of a
-  a precomputed matrix via :class:`TensorSource`);
+  fixed model via ``ntkit.empirical.EmpiricalNTKSource``, a precomputed matrix via
+  :class:`TensorSource`);
   ``backend="dask"`` (:class:`DaskBackend`) computes the tiles on a ``dask.distributed``
   cluster, :class:`LocalBackend` on a thread pool.
 - :func:`solve_psd` — the one dense solve of ntkit (Cholesky, one singularity criterion,

@@ -93,6 +93,7 @@ class KernelOperator:
 
     Args:
         source: a kernel source (:mod:`ntkit.sources`: ``arch.kernel_source(x1, x2)``,
+            ``ntkit.empirical.EmpiricalNTKSource(model, x1, x2)``,
             :class:`ntkit.sources.TensorSource`),
             or an architecture (:class:`~ntkit.Layer`), fully-connected or convolutional,
             whose kernel is one number per pair (end spatial nets with a readout).
