@@ -95,6 +95,11 @@ def test_predictions_and_scale_examples(namespace):
     torch.testing.assert_close(ns["f"].reshape(dense.shape).to(dense.dtype), dense,
                                rtol=1e-4, atol=1e-4)
     assert ns["clf"].score(ns["X"], ns["labels"]) > 0.9
+    # CG over the empirical-NTK source solves the dense system of empirical_ntk's matrix
+    K_emp = nk.empirical_ntk(ns["net"], ns["x"])
+    A = K_emp + 1e-3 * torch.eye(K_emp.shape[0], dtype=K_emp.dtype)
+    residual = (A @ ns["alpha_emp"] - ns["y"]).norm() / ns["y"].norm()
+    assert float(residual) < 1e-5
 
 
 def test_readme_commands_exist():
