@@ -92,9 +92,10 @@ def test_regressor_equals_kernel_regression(get, ridge):
     Xt, _ = _data(n=13, seed=1)
     H, Kt = _kernels(X, Xt, depth=3, get=get)
     expected = kernel_regression(H, y, Kt, ridge=ridge).numpy()
-    got = NTKRegressor(depth=3, kernel=get, ridge=ridge).fit(X, y).predict(Xt)
+    got = NTKRegressor(ridge_mode="absolute", depth=3, kernel=get, ridge=ridge).fit(X, y).predict(Xt)
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
-    assert not np.allclose(got, NTKRegressor(depth=2, kernel=get, ridge=ridge).fit(X, y).predict(Xt))
+    other = NTKRegressor(ridge_mode="absolute", depth=2, kernel=get, ridge=ridge).fit(X, y).predict(Xt)
+    assert not np.allclose(got, other)
 
 
 @pytest.mark.parametrize("solver", ["cg", "nystrom"])
@@ -106,14 +107,15 @@ def test_iterative_solvers_match_the_dense_solve(solver):
     H, Kt = _kernels(X, Xt, depth=3, get="ntk")
     ridge = 1e-2
     dual = scipy.linalg.solve(H.numpy() + ridge * np.eye(len(X)), y, assume_a="pos")
-    reg = NTKRegressor(depth=3, ridge=ridge, solver=solver).fit(X, y)
+    reg = NTKRegressor(ridge_mode="absolute", depth=3, ridge=ridge, solver=solver).fit(X, y)
     np.testing.assert_allclose(reg.dual_coef_, dual, rtol=1e-5, atol=1e-8 * np.abs(dual).max())
     np.testing.assert_allclose(reg.predict(Xt), Kt.numpy() @ dual, rtol=1e-5, atol=1e-8)
-    pre = NTKRegressor(kernel="precomputed", ridge=ridge, solver=solver).fit(H.numpy(), y)
+    pre = NTKRegressor(ridge_mode="absolute", kernel="precomputed", ridge=ridge, solver=solver)
+    pre.fit(H.numpy(), y)
     np.testing.assert_allclose(pre.predict(Kt.numpy()), Kt.numpy() @ dual, rtol=1e-5, atol=1e-8)
     labels = (y > np.median(y)).astype(int)
-    clf = NTKClassifier(depth=3, ridge=ridge, solver=solver).fit(X, labels)
-    exact = NTKClassifier(depth=3, ridge=ridge).fit(X, labels)
+    clf = NTKClassifier(ridge_mode="absolute", depth=3, ridge=ridge, solver=solver).fit(X, labels)
+    exact = NTKClassifier(ridge_mode="absolute", depth=3, ridge=ridge).fit(X, labels)
     np.testing.assert_allclose(clf.decision_function(Xt), exact.decision_function(Xt),
                                rtol=1e-5, atol=1e-8)
 
@@ -132,7 +134,7 @@ def test_regressor_equals_sklearn_kernel_ridge_on_the_callable():
     X, y = _data(n=15, d=3)
     Xt, _ = _data(n=4, d=3, seed=9)
     ref = KernelRidge(kernel=ntk_kernel(depth=2, b_std=0.3), alpha=1e-2).fit(X, y).predict(Xt)
-    got = NTKRegressor(depth=2, b_std=0.3, ridge=1e-2).fit(X, y).predict(Xt)
+    got = NTKRegressor(ridge_mode="absolute", depth=2, b_std=0.3, ridge=1e-2).fit(X, y).predict(Xt)
     np.testing.assert_allclose(got, ref, rtol=1e-8)
 
 
@@ -144,7 +146,7 @@ def test_regressor_linear_kernel_independent_route():
     K = W**2 * X @ X.T / X.shape[1]
     Kt = W**2 * Xt @ X.T / X.shape[1]
     expected = Kt @ np.linalg.solve(K + ridge * np.eye(len(X)), y)
-    model = NTKRegressor(depth=1, W_std=W, b_std=None, ridge=ridge).fit(X, y)
+    model = NTKRegressor(ridge_mode="absolute", depth=1, W_std=W, b_std=None, ridge=ridge).fit(X, y)
     np.testing.assert_allclose(model.predict(Xt), expected, rtol=1e-10)
     np.testing.assert_allclose(model.dual_coef_, np.linalg.solve(K + ridge * np.eye(len(X)), y), rtol=1e-10)
 
@@ -157,14 +159,16 @@ def test_regressor_gradient_flow_matches_expm_and_ntkit():
     A = H.numpy() + ridge * np.eye(n)
     # Gradient flow df/dt = -(1/n)(A f - y) ... in weight space: f_test = Kt A⁻¹ (I - e^{-At/n}) y.
     expected = Kt.numpy() @ np.linalg.solve(A, (np.eye(n) - scipy.linalg.expm(-A * t / n)) @ y)
-    got = NTKRegressor(t=t, ridge=ridge).fit(X, y).predict(Xt)
+    got = NTKRegressor(ridge_mode="absolute", t=t, ridge=ridge).fit(X, y).predict(Xt)
     np.testing.assert_allclose(got, expected, rtol=1e-8)
     via_ntkit = gradient_descent_mse(H, y, ridge=ridge).test(t, Kt).numpy()
     np.testing.assert_allclose(got, via_ntkit, rtol=1e-9, atol=1e-12)
     # t = 0: nothing learned; t large: kernel regression.
-    np.testing.assert_allclose(NTKRegressor(t=0.0).fit(X, y).predict(Xt), 0.0, atol=1e-12)
-    far = NTKRegressor(t=1e9, ridge=ridge).fit(X, y).predict(Xt)
-    np.testing.assert_allclose(far, NTKRegressor(ridge=ridge).fit(X, y).predict(Xt), rtol=1e-7)
+    zero = NTKRegressor(ridge_mode="absolute", t=0.0).fit(X, y).predict(Xt)
+    np.testing.assert_allclose(zero, 0.0, atol=1e-12)
+    far = NTKRegressor(ridge_mode="absolute", t=1e9, ridge=ridge).fit(X, y).predict(Xt)
+    converged = NTKRegressor(ridge_mode="absolute", ridge=ridge).fit(X, y).predict(Xt)
+    np.testing.assert_allclose(far, converged, rtol=1e-7)
 
 
 def test_multi_output_is_columnwise():

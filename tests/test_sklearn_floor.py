@@ -38,7 +38,7 @@ def _former_dual(H, Y, ridge, t):
 @pytest.mark.parametrize("o", [None, 3])
 def test_predictions_equal_the_former_route(t, o):
     X, Xt, y = _data(o=o)
-    reg = NTKRegressor(depth=3, ridge=1e-2, t=t).fit(X, y)
+    reg = NTKRegressor(ridge_mode="absolute", depth=3, ridge=1e-2, t=t).fit(X, y)
     fn = NTKKernelFunction(depth=3)
     H = torch.from_numpy(fn(X))
     dual = _former_dual(H, torch.from_numpy(y), 1e-2, t).numpy()
@@ -56,9 +56,10 @@ def test_classifier_and_precomputed_equal_the_former_route():
     onehot = np.eye(3)[labels]
     for t in (None, 4.0):
         dual = _former_dual(H, torch.from_numpy(onehot), 1e-3, t).numpy()
-        clf = NTKClassifier(depth=2, ridge=1e-3, t=t).fit(X, labels)
+        clf = NTKClassifier(ridge_mode="absolute", depth=2, ridge=1e-3, t=t).fit(X, labels)
         np.testing.assert_allclose(clf.dual_coef_, dual, rtol=0, atol=1e-12 * np.abs(dual).max())
-        pre = NTKClassifier(kernel="precomputed", ridge=1e-3, t=t).fit(H.numpy(), labels)
+        pre = NTKClassifier(ridge_mode="absolute", kernel="precomputed", ridge=1e-3, t=t)
+        pre.fit(H.numpy(), labels)
         np.testing.assert_allclose(pre.dual_coef_, dual, rtol=0, atol=1e-12 * np.abs(dual).max())
         F = fn(Xt, X) @ dual
         np.testing.assert_allclose(pre.decision_function(fn(Xt, X)), F, rtol=0, atol=1e-12 * np.abs(F).max())

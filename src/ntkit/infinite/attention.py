@@ -147,6 +147,8 @@ class GlobalSelfAttention(Layer):
             than ``"identity"`` or with positional embeddings (no closed form).
     """
 
+    has_parameters = True
+
     handles_masks = True
 
     def __init__(

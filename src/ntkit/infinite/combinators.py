@@ -44,6 +44,10 @@ class SerialLayer(Layer):
             modules.append(module)
         return Serial(*modules), in_shape
 
+    @property
+    def has_parameters(self) -> bool:
+        return any(layer.has_parameters for layer in self.layers)
+
     def needs_full_spatial(self) -> bool:
         return any(layer.needs_full_spatial() for layer in self.layers)
 
@@ -73,6 +77,10 @@ class ParallelLayer(Layer):
             )
         built = [layer.build_module(s, generator, dtype) for layer, s in zip(self.layers, in_shape)]
         return Parallel([m for m, _ in built]), [s for _, s in built]
+
+    @property
+    def has_parameters(self) -> bool:
+        return any(layer.has_parameters for layer in self.layers)
 
     def needs_full_spatial(self) -> bool:
         return any(layer.needs_full_spatial() for layer in self.layers)

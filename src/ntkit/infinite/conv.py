@@ -136,6 +136,8 @@ class Conv(Layer):
     module docstring; :meth:`build_module` gives :class:`~ntkit.finite.conv.NTKConv`.
     """
 
+    has_parameters = True
+
     def __init__(
         self,
         channels: int,

@@ -54,6 +54,8 @@ class ConvTranspose(Layer):
     Inputs ``(n, C, *S)``; the kernels follow the module docstring (NTK parameterization).
     """
 
+    has_parameters = True
+
     def __init__(self, channels: int, kernel_size, stride=1, padding: str = "same",
                  W_std: float = 1.0, b_std: float | None = None) -> None:
         self.channels = check_positive_int(channels, "channels")

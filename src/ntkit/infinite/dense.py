@@ -45,6 +45,8 @@ class Dense(Layer):
     spatial-diagonal and the full spatial layout alike.
     """
 
+    has_parameters = True
+
     handles_masks = True  # position-wise
 
     def __init__(

@@ -51,6 +51,10 @@ class Layer(abc.ABC):
     #: position-wise layers pass them through, the others must exclude absent positions.
     handles_masks = False
 
+    #: Whether the finite module this layer builds has trainable parameters (weights,
+    #: biases): the gradient terms a layer adds to the NTK. ``fix_layers`` counts these.
+    has_parameters = False
+
     # ------------------------------------------------------------------ public API
     def kernel(
         self,

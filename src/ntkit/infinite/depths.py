@@ -1,0 +1,117 @@
+"""Every depth and every number of fixed layers of a fully-connected net from one recursion.
+
+The kernels of ``nk.mlp(depth, ...)`` for ``depth = 1, 2, ...`` are the successive layers
+of one recursion (docs/DESIGN.md, NTK parameterization): the NNGP after the ``l``-th Dense
+layer is the depth-``l`` NNGP, and each layer's kernel is computed from the previous one.
+The NTK with the first ``L'`` layers fixed (:func:`ntkit.infinite.fixed.fix_layers`) is the
+same recursion with ``ntk`` restarted from zero after layer ``L'``; the recursion being
+linear in ``ntk``, all values of ``L'`` are carried at once as a stack of NTKs (one per
+``L'``) that share the NNGP and the activation's ``E[φ'φ']`` (Arora et al. 2020 compute their
+grid of depths and fixed layers the same way). A grid of ``D`` depths × ``F`` fixed-layer
+counts therefore costs one depth-``max(D)`` kernel plus ``F`` cheap multiply–adds per layer,
+instead of ``D·F`` kernels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validation import as_input_pair, check_choice, check_positive_int, check_std, resolve_dtype
+from ..budget import check_output
+from ..errors import ParameterError
+from .activations import activation_from_name
+from .dense import Dense
+from .engine import input_state
+from .layers import Layer
+
+
+def mlp_kernels(
+    x1: Any,
+    x2: Any = None,
+    *,
+    depths: Sequence[int],
+    fix_layers: Sequence[int] = (0,),
+    activation: str | Layer = "relu",
+    W_std: float = 1.0,
+    b_std: float | None = None,
+    get: str = "ntk",
+    dtype: Any = None,
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Kernels of ``nk.mlp(depth, ·, activation, W_std, b_std)`` for a grid of depths and fixed layers.
+
+    Yields ``(depth, n_fixed, K)`` for every ``depth`` in ``depths`` (ascending) and every
+    ``n_fixed`` in ``fix_layers`` with ``n_fixed < depth``, where ``K`` ``(n1, n2)`` equals
+    ``fix_layers(mlp(depth, ...), n_fixed).kernel(x1, x2, get=get)`` (with ``get="nngp"``
+    ``n_fixed`` does not matter and only ``n_fixed = min(fix_layers)`` is yielded per depth).
+    The depth-``max(depths)`` recursion runs once (module docstring); a yielded tensor is
+    never modified afterwards.
+
+    Args:
+        x1: ``(n1, d)`` inputs; x2: ``(n2, d)`` or ``None`` (``x2 = x1``).
+        depths: Dense layers counting the readout, each ``>= 1``.
+        fix_layers: numbers of fixed (bottom) layers, each ``>= 0``.
+        activation: a name (``"relu"``, ``"erf"``, ``"tanh"``, ...) or an activation layer.
+        W_std, b_std: as in :func:`ntkit.mlp`.
+        get: ``"ntk"`` or ``"nngp"``.
+        dtype: float64 (default) or float32.
+
+    Raises:
+        ParameterError: empty or invalid ``depths``/``fix_layers``/``get``/stds.
+        MemoryBudgetError: the ``len(fix_layers) + 2`` live ``n1 × n2`` matrices do not fit
+            in memory (checked before any work).
+    """
+    check_choice(get, "get", ("ntk", "nngp"))
+    check_std(W_std, "W_std")
+    check_std(b_std, "b_std", allow_none=True)
+    depths = sorted({check_positive_int(d, "depth") for d in _as_list(depths, "depths")})
+    fixes = sorted({_check_fix(f) for f in _as_list(fix_layers, "fix_layers")})
+    if get == "nngp":
+        fixes = fixes[:1]
+    act = activation_from_name(activation)
+    x1, x2 = as_input_pair(x1, x2, dtype=resolve_dtype(dtype), min_ndim=2)
+    if x1.ndim != 2:
+        raise ParameterError(f"mlp_kernels takes flat (n, d) inputs, got shape {tuple(x1.shape)}")
+    n1, n2 = x1.shape[0], x1.shape[0] if x2 is None else x2.shape[0]
+    live = (len(fixes) + 2) if get == "ntk" else 2
+    check_output(live * n1 * n2 * x1.element_size(),
+                 f"{live} live {n1}×{n2} {x1.dtype} kernels of the depth recursion",
+                 "fewer fix_layers values or fewer examples", x1.device)
+    state = input_state(x1, x2, want_ntk=False, diagonal=False, full_spatial=False)
+    if get == "ntk":
+        # One NTK per number of fixed layers, stacked on a leading axis: the layers' recursions
+        # (nngp + W²·ntk, ntk·E[φ'φ']) broadcast over it.
+        state = state.replace(ntk=state.nngp.new_zeros((len(fixes), n1, n2)))
+    fix_index = torch.tensor(fixes, device=x1.device)
+    dense = Dense(1, W_std, b_std)
+    for layer in range(1, depths[-1] + 1):
+        state = dense.apply_kernel(state)
+        if get == "ntk":
+            still_fixed = fix_index >= layer  # this layer is at initialization for those L'
+            if bool(still_fixed.any()):
+                state.ntk[still_fixed] = 0.0
+        if layer in depths:
+            for i, f in enumerate(fixes):
+                if f < layer:
+                    yield layer, f, state.ntk[i] if get == "ntk" else state.nngp
+        if layer < depths[-1]:
+            state = act.apply_kernel(state)
+
+
+def _as_list(values: Any, name: str) -> list:
+    try:
+        out = list(values)
+    except TypeError:
+        out = [values]
+    if not out:
+        raise ParameterError(f"{name} must hold at least one value")
+    return out
+
+
+def _check_fix(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ParameterError(f"fix_layers values must be integers >= 0, got {value!r}")
+    return int(value)
