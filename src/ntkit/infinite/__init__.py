@@ -21,7 +21,9 @@ from .conv_zoo import ConvLocal, ConvTranspose
 from .custom import Elementwise
 from .dense import Dense
 from .dropout import Dropout
+from .depths import mlp_kernels
 from .exponential import Cos, Exp, ExpNormalized, Gaussian, Rbf, Sin
+from .fixed import FixedLayers, fix_layers
 from .graph import Aggregate
 from .layers import Layer
 from .normalization import LayerNorm
@@ -55,6 +57,7 @@ __all__ = [
     "FanInProd",
     "FanInSum",
     "FanOut",
+    "FixedLayers",
     "Flatten",
     "Gaussian",
     "GlobalAvgPool",
@@ -79,7 +82,9 @@ __all__ = [
     "Softplus",
     "SumPool",
     "Tanh",
+    "fix_layers",
     "mlp",
+    "mlp_kernels",
     "parallel",
     "serial",
 ]
