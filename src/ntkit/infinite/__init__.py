@@ -20,8 +20,8 @@ from .conv import Conv
 from .conv_zoo import ConvLocal, ConvTranspose
 from .custom import Elementwise
 from .dense import Dense
-from .dropout import Dropout
 from .depths import mlp_kernels
+from .dropout import Dropout
 from .exponential import Cos, Exp, ExpNormalized, Gaussian, Rbf, Sin
 from .fixed import FixedLayers, fix_layers
 from .graph import Aggregate
