@@ -15,7 +15,8 @@ Only float32 CPU products of at least ``MIN_FLOPS`` multiply-adds are rerouted; 
 else (float64: oneDNN has no float64 matmul, and NumPy's BLAS was not faster here; other
 devices; small products) is torch's own ``mm``. The route is decided once per process: it must
 agree with ``mm`` on test products and be at least 20% faster on a timed one (about 10 ms);
-``NTKIT_FAST_MATMUL=0`` turns it off, ``=1`` turns it on whenever it works.
+``NTKIT_FAST_MATMUL=0`` turns it off, ``=1`` turns it on whenever it works, and ``NTKIT_TUNE=0``
+(no timing probes, :mod:`ntkit.hardware`) keeps ``mm`` unless ``NTKIT_FAST_MATMUL=1``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def _onednn(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, b.t(), None, "none", [], "")
 
 
+#: The oneDNN product ``a @ b`` of 2-D float32 CPU tensors (:func:`ntkit.hardware.gemm_rate`).
+onednn = _onednn
+
 _ROUTES = {torch.float32: _onednn}
 
 
@@ -49,6 +53,8 @@ def route(dtype: torch.dtype):
     forced = os.environ.get("NTKIT_FAST_MATMUL", "").strip()
     if forced in ("0", "1"):
         return fn if forced == "1" else None
+    if os.environ.get("NTKIT_TUNE", "").strip() == "0":
+        return None
     return fn if _faster(fn, dtype) else None
 
 

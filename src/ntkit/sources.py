@@ -37,7 +37,7 @@ import torch
 
 from .budget import describe
 from .errors import MemoryBudgetError, ParameterError, ShapeError
-from .tiling import CACHE_TILE_ENTRIES, square_side
+from .tiling import square_side, tile_cap
 
 
 class KernelSource:
@@ -100,7 +100,8 @@ class KernelSource:
     def side(self, budget: int) -> int:
         """Side of a square tile within ``budget`` and about cache-sized (at least 1)."""
         self.check(budget)
-        side = square_side(self.bytes_per_pair, budget, CACHE_TILE_ENTRIES)
+        cap = tile_cap(math.prod(self.shape), self.dtype, self.device)
+        side = square_side(self.bytes_per_pair, budget, cap)
         while side > 1 and self.tile_bytes(side, side) > budget:
             side -= 1
         return side

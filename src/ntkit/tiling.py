@@ -5,8 +5,10 @@ Every kernel in ntkit — the infinite-width engine, the empirical NTK, the matr
 ``(n1, n2)`` matrix can be cut into tiles computed one after another (or a few at once on
 a thread pool) with bounded temporaries. This module owns that walk:
 
-- **sizes** (:func:`square_side`, :func:`rect_blocks`): the side of a tile from the bytes of
-  temporaries per pair and the budget, capped to about cache size;
+- **sizes** (:func:`square_side`, :func:`rect_blocks`, :func:`tile_cap`): the side of a tile
+  from the bytes of temporaries per pair and the budget, capped to about cache size — the
+  size measured on this CPU for large walks (:func:`ntkit.hardware.tile_entries`), a fixed
+  default for small ones;
 - **the walk** (:func:`grid`): row-major tiles; with ``symmetric=True`` (``x2=None``) only
   the tiles on and above the block diagonal, whose transposes are the rest;
 - **assembly** (:func:`assemble`): tiles written into dense results, the off-diagonal ones
@@ -29,9 +31,25 @@ from typing import Any
 
 import torch
 
-#: Kernel entries of a cache-friendly tile: 512² float64 entries keep the elementwise passes
-#: of a layer in cache (see benchmarks/RESULTS.md for the measurements behind it).
-CACHE_TILE_ENTRIES = 512 * 512
+from . import hardware
+
+#: Kernel entries of a cache-friendly tile when nothing is measured (small walks, other
+#: devices, ``NTKIT_TUNE=0``): 512², measured on the 2-core AMD EPYC (benchmarks/RESULTS.md).
+CACHE_TILE_ENTRIES = hardware.DEFAULT_TILE_ENTRIES
+#: Walks of at least this many pairs (a 11,585² kernel; seconds of work) use the tile size
+#: measured on this CPU; smaller ones never pay for the probe (~0.3 s, once per process).
+TUNE_MIN_PAIRS = 1 << 27
+
+
+def tile_cap(pairs: int, dtype: torch.dtype, device: torch.device | str = "cpu") -> int:
+    """Kernel entries per tile for a walk over ``pairs`` pairs of ``dtype`` entries on ``device``.
+
+    :data:`CACHE_TILE_ENTRIES` below :data:`TUNE_MIN_PAIRS` pairs or off the CPU; otherwise
+    :func:`ntkit.hardware.tile_entries` (measured once per process and dtype).
+    """
+    if torch.device(device).type != "cpu" or pairs < TUNE_MIN_PAIRS:
+        return CACHE_TILE_ENTRIES
+    return hardware.tile_entries(dtype)
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,11 @@ import math
 
 import torch
 
+from .._fast_matmul import matmul
 from ..budget import check_output, format_bytes, parse_budget
 from ..errors import MemoryBudgetError, ShapeError
 from ..kernel import Kernel
-from ..tiling import CACHE_TILE_ENTRIES, Tile, assemble, grid, rect_blocks, square_side
+from ..tiling import CACHE_TILE_ENTRIES, Tile, assemble, grid, rect_blocks, square_side, tile_cap
 from .pairs import evaluate_pairs, pair_block
 from .state import KernelState, swap_pair_axes
 
@@ -56,7 +57,7 @@ def input_state(
             nngp = torch.einsum("icp,icq->ipq", a, b).reshape(x1.shape[0], *spatial, *spatial)
             nngp = nngp / width
     elif not spatial:
-        nngp = (x1 @ x2.T) / width
+        nngp = matmul(x1, x2.T).div_(width)  # float32: the product route of ntkit.hardware
     elif not full_spatial:
         nngp = torch.einsum("ic...,jc...->ij...", x1, x2) / width
     else:
@@ -122,10 +123,11 @@ def check_budget(per_pair: int, budget: int) -> None:
         )
 
 
-def tile_side(per_pair: int, budget: int, element_size: int) -> int:
-    """Side of a square tile of example pairs: within ``budget`` and about cache-sized."""
+def tile_side(per_pair: int, budget: int, element_size: int, cap: int = CACHE_TILE_ENTRIES) -> int:
+    """Side of a square tile of example pairs: within ``budget`` and about cache-sized
+    (``cap`` kernel entries: :func:`ntkit.tiling.tile_cap`)."""
     entries_per_pair = max(1, per_pair // (element_size * _TEMPORARIES_PER_ENTRY))
-    return square_side(per_pair, budget, CACHE_TILE_ENTRIES // entries_per_pair)
+    return square_side(per_pair, budget, cap // entries_per_pair)
 
 
 def take(side: dict | None, index) -> dict | None:
@@ -257,7 +259,7 @@ def _evaluate_tiles(run, x1, x2, want_ntk, want_nngp, bytes_per_pair, budget) ->
     symmetric = x2 is None
     cols_src = x1 if symmetric else x2
     n1, n2 = x1.shape[0], cols_src.shape[0]
-    side = tile_side(bytes_per_pair, budget, x1.element_size())
+    side = tile_side(bytes_per_pair, budget, x1.element_size(), tile_cap(n1 * n2, x1.dtype, x1.device))
     rows, cols = (min(n1, side),) * 2 if symmetric else rect_blocks(n1, n2, bytes_per_pair, budget, side)
     var1_parts: dict[int, torch.Tensor] = {}
     var2_parts: dict[int, torch.Tensor] = {}

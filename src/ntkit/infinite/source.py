@@ -23,7 +23,7 @@ import torch
 from .._validation import as_input_pair, check_choice, resolve_dtype
 from ..errors import ParameterError, ShapeError
 from ..sources import KernelSource, as_index
-from ..tiling import CACHE_TILE_ENTRIES, square_side
+from ..tiling import square_side, tile_cap
 from .engine import kernel_block, pair_bytes
 from .pairs import block_side, max_chunk_pairs
 
@@ -142,7 +142,8 @@ class LayerSource(KernelSource):
         if self.full:
             side = block_side(max_chunk_pairs(self._per_pair, budget, self.entries_per_pair))
         else:
-            cap = CACHE_TILE_ENTRIES // max(1, self.entries_per_pair)
+            entries = tile_cap(self.shape[0] * self.shape[1], self.dtype, self.device)
+            cap = entries // max(1, self.entries_per_pair)
             side = square_side(self._per_pair, budget, cap)
         while side > 1 and self.tile_bytes(side, side) > budget:
             side -= 1

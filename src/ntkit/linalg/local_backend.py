@@ -2,7 +2,10 @@
 
 Tiles are computed ``threads`` at a time, each on its own thread with torch
 single-threaded inside (:func:`ntkit.tiling.map_tiles`); results are added up in grid
-order, so products do not depend on the thread count or timing. The tile cache (the upper
+order, so products do not depend on the thread count or timing. A float32 operator's tile
+products ``K_IJ v_J`` are float32 (through the product route of :mod:`ntkit.hardware`) and
+are added up across tiles in float64, rounded to float32 once at the end (the error of a
+product is then that of one tile, whatever the number of tiles). The tile cache (the upper
 row panels of a symmetric kernel, the whole matrix otherwise) lives here.
 
 A backend implements ``name``, ``attach(op)``, ``matvec(op, v, transpose)``,
@@ -15,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._fast_matmul import matmul
+from ..hardware import tile_threads
 from ..tiling import Tile, map_tiles
 
 
@@ -22,8 +27,10 @@ class LocalBackend:
     """Tiles computed in this process, ``threads`` at a time (see the module docstring).
 
     Args:
-        threads: tiles computed at once (default ``torch.get_num_threads()``), each with
-            torch single-threaded inside; ``1`` leaves torch's own threading alone.
+        threads: tiles computed at once (default :func:`ntkit.hardware.tile_threads`:
+            ``torch.get_num_threads()``, or the logical CPUs of a hyper-threaded CPU where
+            they measurably help), each with torch single-threaded inside; ``1`` leaves
+            torch's own threading alone.
     """
 
     name = "local"
@@ -32,7 +39,7 @@ class LocalBackend:
         from ..errors import ParameterError
 
         if threads is None:
-            threads = torch.get_num_threads()
+            threads = tile_threads()
         if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
             raise ParameterError(f"threads must be an integer >= 1, got {threads!r}")
         self.threads = int(threads)
@@ -66,22 +73,24 @@ class LocalBackend:
     # ------------------------------------------------------------------ products
     def matvec(self, op, v: torch.Tensor, transpose: bool) -> torch.Tensor:
         n1, n2 = op.shape
-        out = v.new_zeros((n2 if transpose else n1, v.shape[1]))
+        # float32 tile products, summed across tiles in float64 (module docstring)
+        acc = torch.float64 if v.dtype == torch.float32 else v.dtype
+        out = v.new_zeros((n2 if transpose else n1, v.shape[1]), dtype=acc)
         if op.cached:
             self.build_cache(op)
             if op.symmetric:
                 for r0, r1, panel in op._cache:
-                    out[r0:r1] += panel @ v[r0:]
-                    out[r1:] += panel[:, r1 - r0 :].T @ v[r0:r1]
-                return out
-            return op._cache.T @ v if transpose else op._cache @ v
+                    out[r0:r1] += matmul(panel, v[r0:])
+                    out[r1:] += matmul(panel[:, r1 - r0 :].T, v[r0:r1])
+                return out.to(v.dtype)
+            return matmul(op._cache.T, v) if transpose else matmul(op._cache, v)
 
         def work(t: Tile):
             tile = op.source.block(t.rows, t.cols)
             if transpose:
-                return None, tile.T @ v[t.rows]
-            back = tile.T @ v[t.rows] if op.symmetric and not t.diagonal else None
-            return tile @ v[t.cols], back
+                return None, matmul(tile.T, v[t.rows])
+            back = matmul(tile.T, v[t.rows]) if op.symmetric and not t.diagonal else None
+            return matmul(tile, v[t.cols]), back
 
         tiles = op.tile_grid()
         for t, (forward, backward) in zip(tiles, self.map(op, work, tiles, "K @ v")):
@@ -89,7 +98,7 @@ class LocalBackend:
                 out[t.rows] += forward
             if backward is not None:
                 out[t.cols] += backward
-        return out
+        return out.to(v.dtype)
 
     def gram(self, op, v: torch.Tensor, rows: int) -> torch.Tensor:
         n1, n2 = op.shape
