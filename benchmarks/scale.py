@@ -20,6 +20,11 @@ everything included: interpreter, torch, data). Cases:
 - ``nystrom``: FALKON-style with ``M`` centres (``K_nM`` cached when it fits the budget),
   ``NystromSolution.predict``.
 
+Before the cases the driver prints the machine (``ntkit.hardware``: CPU model, float32 GEMM
+rate through torch's ``mm`` and oneDNN, bandwidth of a large copy, the product route and tile
+side chosen on this CPU) so that runs on different machines can be compared; every operator
+case reports its time per product ``K v`` (``per product`` in the notes).
+
 Reproduce (2 cores, a few tens of minutes in all; ``--quick`` for a smoke run):
 
     .venv/bin/python benchmarks/scale.py                 # the full grid below
@@ -155,6 +160,17 @@ def run_case(case: dict) -> dict:
         budget = case["budget"]
         op = KernelOperator(arch, x, memory_budget=budget, dtype=dtype)
         out["cached"] = op.cached
+        out["tile"] = op.tile
+        product_times: list[float] = []
+        matvec = op.backend_impl.matvec
+
+        def timed_matvec(*a, **kw):
+            t = time.perf_counter()
+            r = matvec(*a, **kw)
+            product_times.append(time.perf_counter() - t)
+            return r
+
+        op.backend_impl.matvec = timed_matvec
         if method == "nystrom":
             sol = nystrom(op, Y, centers=case["M"], ridge=ridge, seed=0, tol=case.get("tol", 1e-6),
                           progress=False)
@@ -172,6 +188,8 @@ def run_case(case: dict) -> dict:
                                 return_info=True)
             out["t_train"] = time.perf_counter() - t0
             out.update(iterations=info.iterations, residual=info.residual)
+            if product_times:
+                out.update(products=len(product_times), t_product=float(np.median(product_times)))
             op.close()
             del op
             t1 = time.perf_counter()
@@ -184,6 +202,32 @@ def run_case(case: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- driver
+def machine_line() -> str:
+    """CPU model, float32 GEMM rates, copy bandwidth and ntkit's choices (2 threads, as the
+    cases; measured in a subprocess so that the cases start from a fresh process)."""
+    code = (
+        "import json, os, torch\n"
+        "from ntkit import hardware as h\n"
+        "torch.set_num_threads(2)\n"
+        "r = dict(cpu=h.cpu_info().describe(), load=os.getloadavg()[0], route=h.matmul_route(),\n"
+        "         mm=h.gemm_rate(torch.float32, 'mm'), copy=h.bandwidth('copy') / 1e9,\n"
+        "         tile=int(h.tile_entries(torch.float32) ** 0.5), workers=h.tile_threads())\n"
+        "try:\n"
+        "    r['onednn'] = h.gemm_rate(torch.float32, 'onednn')\n"
+        "except Exception:\n"
+        "    r['onednn'] = float('nan')\n"
+        "print(json.dumps(r))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return f"machine: not measured ({done.stderr.strip().splitlines()[-1:]})"
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    return (f"machine: {r['cpu']}; load average {r['load']:.2f}\n"
+            f"  float32 GEMM 1024³ on 2 threads: mm {r['mm']:.0f} GFLOP/s, oneDNN {r['onednn']:.0f} "
+            f"GFLOP/s (route: {r['route']}); copy bandwidth {r['copy']:.1f} GB/s; float32 tile side "
+            f"{r['tile']}, {r['workers']} tile workers")
+
+
 def budget_for(method: str, n: int, M: int | None, itemsize: int) -> int:
     """Memory budget per case: enough for the matrices the method keeps, plus 512 MiB."""
     extra = 512 * 2**20
@@ -235,6 +279,7 @@ def main() -> None:
     ]
     if not grid:
         sys.exit("no case matches the filters")
+    print(machine_line(), flush=True)
     total = max(n for _, n, _ in grid) + args.test
     if not args.quick:
         total = max(total, args.pool)
@@ -276,10 +321,12 @@ def _row(r: dict) -> str:
         train = r["t_kernel"] + r["t_sklearn"]
         return (f"{'sklearn':>9} {r['n']:>7} {M:>6} {r['dtype']:>8} | {train:>8.1f} {'':>7} "
                 f"{r['t_total']:>8.1f} {r['peak_rss_gib']:>8.2f} | {r['acc']:>6.4f} {'':>5} | {notes}")
+    product = (f", per product {r['t_product']:.2f} s (median of {r['products']}, tile {r.get('tile')})"
+               if r.get("t_product") else "")
     return (f"{r['method']:>9} {r['n']:>7} {M:>6} {r['dtype']:>8} | {r['t_train']:>8.1f} {r['t_test']:>7.1f} "
             f"{r['t_total']:>8.1f} {r['peak_rss_gib']:>8.2f} | {r['acc']:>6.4f} {r['iterations']:>5} | "
             f"{r.get('mode', 'cached=' + str(r['cached']))}, residual {r['residual']:.1e}, "
-            f"budget {r['budget'] / 2**30:.1f} GiB")
+            f"budget {r['budget'] / 2**30:.1f} GiB{product}")
 
 
 def _summary(results: list[dict]) -> None:
