@@ -23,7 +23,7 @@ import ntkit as nk
 from ntkit.empirical import EmpiricalNTKSource
 from ntkit.infinite import engine
 from ntkit.linalg import KernelOperator, TensorSource
-from ntkit.tiling import Tile, assemble, grid, map_tiles, square_side
+from ntkit.tiling import Tile, assemble, even_bounds, grid, map_tiles, square_side, walk
 
 F64 = torch.float64
 N = 24
@@ -153,6 +153,33 @@ def test_empirical_blocks_equal_untiled(batch):
     assert _rel(k, ref) < 1e-12 and torch.equal(k, k.T)
     k2 = nk.empirical_ntk(model, x, x.clone(), batch_size=batch, method="jacobian")
     assert _rel(k2, ref) < 1e-12
+    k12 = nk.empirical_ntk(model, x[:10], x[10:], batch_size=batch, method="jacobian")
+    assert _rel(k12, ref[:10, 10:]) < 1e-12
+
+
+@pytest.mark.parametrize("batch", [None, 40])
+def test_structured_self_chunks_equal_untiled(monkeypatch, batch):
+    """The structured method's own walk of a block with itself (row chunks, upper half,
+    mirrored: ``ntkit.tiling``) against the one-product block and the Jacobian route."""
+    from ntkit.empirical import structured
+
+    model, x = _mlp_model(), _x(3 * N, 5)
+    ref = nk.empirical_ntk(model, x, method="jacobian")
+    whole = nk.empirical_ntk(model, x, method="structured", batch_size=batch)
+    monkeypatch.setattr(structured, "SYMMETRIC_CHUNK_FLOPS", 0)
+    monkeypatch.setattr(structured, "SYMMETRIC_CHUNK_MIN", 5)
+    calls = []
+    pair = structured.StructuredMethod._pair
+    monkeypatch.setattr(structured.StructuredMethod, "_pair",
+                        lambda self, f1, f2, out: calls.append(f1[0]) or pair(self, f1, f2, out))
+    chunked = nk.empirical_ntk(model, x, method="structured", batch_size=batch)
+    assert len(calls) > (3 if batch is None else 6)  # chunk pairs, not one product per block
+    assert torch.equal(chunked, chunked.T)
+    assert _rel(chunked, ref) < 1e-12 and _rel(chunked, whole) < 1e-12
+    for output in ("full", "diagonal"):
+        a = nk.empirical_ntk(model, x, output=output, method="structured", batch_size=batch)
+        b = nk.empirical_ntk(model, x, output=output, method="jacobian")
+        assert _rel(a, b) < 1e-12
 
 
 def test_walk_primitives():
@@ -161,6 +188,12 @@ def test_walk_primitives():
         (0, 0, True), (0, 2, False), (0, 4, False), (2, 2, True), (2, 4, False), (4, 4, True)
     ]
     assert len(grid(5, 3, 2, 2)) == 6
+    assert even_bounds(11, 4) == [(0, 2), (2, 5), (5, 8), (8, 11)]
+    b = even_bounds(11, 4)
+    assert [(t.r0, t.c0, t.diagonal) for t in walk(b, b, symmetric=True)][:5] == [
+        (0, 0, True), (0, 2, False), (0, 5, False), (0, 8, False), (2, 2, True)
+    ]
+    assert len(walk(b, b, symmetric=True)) == 10 and len(walk(b, b)) == 16
     assert square_side(8, 8 * 100) == 10 and square_side(8, 8 * 100, cap_pairs=16) == 4
     A = torch.arange(25.0, dtype=F64).reshape(5, 5)
     S = A + A.T

@@ -9,8 +9,9 @@ a thread pool) with bounded temporaries. This module owns that walk:
   from the bytes of temporaries per pair and the budget, capped to about cache size — the
   size measured on this CPU for large walks (:func:`ntkit.hardware.tile_entries`), a fixed
   default for small ones;
-- **the walk** (:func:`grid`): row-major tiles; with ``symmetric=True`` (``x2=None``) only
-  the tiles on and above the block diagonal, whose transposes are the rest;
+- **the walk** (:func:`grid`; :func:`walk` over given bounds, e.g. :func:`even_bounds`):
+  row-major tiles; with ``symmetric=True`` (``x2=None``) only the tiles on and above the
+  block diagonal, whose transposes are the rest;
 - **assembly** (:func:`assemble`): tiles written into dense results, the off-diagonal ones
   of a symmetric matrix mirrored and the diagonal ones made exactly symmetric;
 - **streaming** (:func:`map_tiles`): results handed to a consumer in grid order (sums are
@@ -114,13 +115,25 @@ def grid(n1: int, n2: int, rows: int, cols: int | None = None, *, symmetric: boo
     if symmetric and cols != rows:
         raise ValueError("a symmetric walk needs square tiles")
     stop = n1 if row_stop is None else row_stop
-    out = []
-    for r0 in range(row_start, stop, rows):
-        r1 = min(stop, r0 + rows)
-        for c0 in range(r0 if symmetric else 0, n2, cols):
-            c1 = min(n2, c0 + cols)
-            out.append(Tile(r0, r1, c0, c1, symmetric and c0 == r0))
-    return out
+    return walk(steps(row_start, stop, rows), steps(0, n2, cols), symmetric=symmetric)
+
+
+def steps(start: int, stop: int, step: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` cut into ``[a, a + step)`` pieces (the last one shorter)."""
+    return [(a, min(stop, a + step)) for a in range(start, stop, step)]
+
+
+def even_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into ``parts`` pieces whose sizes differ by at most one."""
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
+def walk(row_bounds: Sequence[tuple[int, int]], col_bounds: Sequence[tuple[int, int]], *,
+         symmetric: bool = False) -> list[Tile]:
+    """The tiles ``row_bounds × col_bounds``, row-major; ``symmetric=True`` (the same bounds
+    both ways): only those on and above the diagonal, the diagonal ones marked."""
+    return [Tile(r0, r1, c0, c1, symmetric and c0 == r0)
+            for r0, r1 in row_bounds for c0, c1 in col_bounds if not (symmetric and c0 < r0)]
 
 
 def transpose_pairs(t: torch.Tensor) -> torch.Tensor:

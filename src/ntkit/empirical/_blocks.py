@@ -3,9 +3,10 @@
 A method exposes ``features(x_block)`` (per-example work: Jacobians, captured layer inputs
 and cotangents, ...), ``pair(f1, f2, output)`` (one kernel block) and the byte estimates
 ``feature_bytes(b)`` / ``pair_bytes(b1, b2, output)``. The block size is the largest that
-keeps two feature blocks and one pair's temporaries under the budget. With ``x2=None`` only
-blocks on and above the diagonal are computed; the rest are their transposes. Features are
-kept for reuse when all of them fit in half the budget, and recomputed otherwise.
+keeps two feature blocks and one pair's temporaries under the budget. The pair grid is
+walked by :mod:`ntkit.tiling` (the one walker of the library): with ``x2=None`` only blocks
+on and above the diagonal are computed; the rest are their transposes. Features are kept
+for reuse when all of them fit in half the budget, and recomputed otherwise.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from .._validation import check_positive_int
 from ..budget import DEFAULT_MEMORY_BUDGET, describe
 from ..errors import MemoryBudgetError
+from ..tiling import Tile, assemble, grid
+from .inputs import Examples
 
 __all__ = ["DEFAULT_MEMORY_BUDGET", "block_size", "caches", "describe", "swap", "tile"]
 
@@ -56,14 +59,20 @@ def swap(block: torch.Tensor, output: str) -> torch.Tensor:
     return block.transpose(0, 1)
 
 
-def tile(method, x1: torch.Tensor, x2: torch.Tensor | None, output: str, block: int,
+def tile(method, x1: Examples, x2: Examples | None, output: str, block: int,
          cache: bool) -> torch.Tensor:
-    """Assemble the kernel of ``x1`` and ``x2`` (``None``: ``x1``, symmetric) block by block."""
+    """Assemble the kernel of ``x1`` and ``x2`` (``None``: ``x1``, symmetric) block by block.
+
+    The walk is :func:`ntkit.tiling.grid` (with ``x2=None`` only the blocks on and above the
+    diagonal), assembled by :func:`ntkit.tiling.assemble` (mirrored with :func:`swap`,
+    diagonal blocks made exactly symmetric). A row block's features serve its whole row of
+    blocks; with ``cache`` every block's features are kept for reuse.
+    """
     symmetric = x2 is None
     columns = x1 if symmetric else x2
     n1, n2 = len(x1), len(columns)
-    rows_at, cols_at = range(0, n1, block), range(0, n2, block)
     store: dict[tuple[int, int], object] = {}
+    row: dict[str, object] = {}  # the current row block's features
 
     def features(side: int, start: int):
         key = (side, start)
@@ -75,18 +84,17 @@ def tile(method, x1: torch.Tensor, x2: torch.Tensor | None, output: str, block: 
             store[key] = f
         return f
 
-    out = None
-    for r in rows_at:
-        f1 = features(1, r)
-        for c in (range(r, n2, block) if symmetric else cols_at):
-            same = symmetric and c == r
-            f2 = f1 if same else features(1 if symmetric else 2, c)
-            part = method.pair(f1, f2, output)
-            if out is None:
-                out = part.new_empty((n1, n2, *part.shape[2:]))
-            if same:  # exactly symmetric diagonal blocks
-                part = 0.5 * (part + swap(part, output))
-            out[r : r + block, c : c + block] = part
-            if symmetric and not same:
-                out[c : c + block, r : r + block] = swap(part, output)
+    def compute(t: Tile):
+        if row.get("r0") != t.r0:
+            row.clear()  # the previous row's features are freed before the next are made
+            row.update(r0=t.r0, f=features(1, t.r0))
+        f1 = row["f"]
+        f2 = f1 if t.diagonal else features(1 if symmetric else 2, t.c0)
+        return (method.pair(f1, f2, output),)
+
+    def outputs(parts):
+        return [parts[0].new_empty((n1, n2, *parts[0].shape[2:]))]
+
+    (out,) = assemble(grid(n1, n2, block, symmetric=symmetric), compute, outputs,
+                      symmetric=symmetric, swap=lambda part: swap(part, output))
     return out

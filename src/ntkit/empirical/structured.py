@@ -42,6 +42,7 @@ from torch import nn
 
 from .._fast_matmul import fast_matmuls
 from ..errors import ModelError
+from ..tiling import Tile, assemble, even_bounds, walk
 from ._blocks import swap
 from ._layer_adapters import Geometry, NotApplicableError, module_geometry
 from ._memo import recall, remember
@@ -141,18 +142,19 @@ class StructuredMethod(StructuredPlan):
         if chunks == 1:
             return self._pair(f1, f2, output)
         b = f1[0]
-        bounds = [(b * i // chunks, b * (i + 1) // chunks) for i in range(chunks)]
-        parts = [slice_features(f1, i0, i1) for i0, i1 in bounds]
-        out = None
-        for i, (i0, i1) in enumerate(bounds):
-            for j in range(i, chunks):
-                j0, j1 = bounds[j]
-                block = self._pair(parts[i], parts[j], output)
-                if out is None:
-                    out = block.new_empty((b, b, *block.shape[2:]))
-                out[i0:i1, j0:j1] = block
-                if j > i:
-                    out[j0:j1, i0:i1] = swap(block, output)
+        bounds = even_bounds(b, chunks)
+        tiles = walk(bounds, bounds, symmetric=True)
+        parts = {t.r0: slice_features(f1, t.r0, t.r1) for t in tiles if t.diagonal}
+
+        def compute(t: Tile):
+            return (self._pair(parts[t.r0], parts[t.c0], output),)
+
+        def outputs(first):
+            return [first[0].new_empty((b, b, *first[0].shape[2:]))]
+
+        # the caller symmetrizes the whole block: its diagonal chunks are written as computed
+        (out,) = assemble(tiles, compute, outputs, symmetric=True, symmetrize_diagonal=False,
+                          swap=lambda part: swap(part, output))
         return out
 
     def self_diagonal(self, f: tuple) -> torch.Tensor:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import DeviceError, ParameterError
+from ..tiling import grid
 from ._errors import ClusterError
 
 #: Seconds to wait for a scheduler address to answer.
@@ -212,12 +213,7 @@ class DaskBackend:
 
     def _grid(self, op) -> list[tuple[int, int, int, int]]:
         n1, n2 = op.shape
-        b = op.block
-        return [
-            (r0, min(n1, r0 + b), c0, min(n2, c0 + b))
-            for r0 in range(0, n1, b)
-            for c0 in range(r0 if op.symmetric else 0, n2, b)
-        ]
+        return [(t.r0, t.r1, t.c0, t.c1) for t in grid(n1, n2, op.block, symmetric=op.symmetric)]
 
     def _sub(self, op) -> int:
         return min(op.tile, op.block)
@@ -341,20 +337,16 @@ def kernel_array(op, src=None):
     b = op.block
     sub = min(op.tile, op.block)
     upper = {}
-    rows = []
-    for r0 in range(0, n1, b):
-        r1 = min(n1, r0 + b)
-        row = []
-        for c0 in range(0, n2, b):
-            c1 = min(n2, c0 + b)
-            if op.symmetric and c0 < r0:
-                value = dask.delayed(transpose_task, pure=True)(upper[(c0, r0)])
-            else:
-                value = dask.delayed(block_task, pure=False)(src, r0, r1, c0, c1, sub)
-                upper[(r0, c0)] = value
-            row.append(da.from_delayed(value, shape=(r1 - r0, c1 - c0), dtype=dtype))
-        rows.append(row)
-    return da.block(rows)
+    rows: dict[int, list] = {}
+    for t in grid(n1, n2, b):  # every block; the lower ones of a symmetric kernel are transposes
+        if op.symmetric and t.c0 < t.r0:
+            value = dask.delayed(transpose_task, pure=True)(upper[(t.c0, t.r0)])
+        else:
+            value = dask.delayed(block_task, pure=False)(src, t.r0, t.r1, t.c0, t.c1, sub)
+            upper[(t.r0, t.c0)] = value
+        chunk = da.from_delayed(value, shape=(t.r1 - t.r0, t.c1 - t.c0), dtype=dtype)
+        rows.setdefault(t.r0, []).append(chunk)
+    return da.block([rows[r0] for r0 in sorted(rows)])
 
 
 # ------------------------------------------------------------------ task bodies
