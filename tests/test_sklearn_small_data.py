@@ -41,9 +41,7 @@ def _iris():
 @parametrize_with_checks(
     [
         NTKClassifier(solver="svm"),
-        NTKRegressor(fix_layers=1, ridge=1e-3),
         NTKClassifier(arch=nk.serial(nk.Dense(1, W_std=1.5, b_std=0.1), nk.Erf(), nk.Dense(1)), fix_layers=1),
-        NTKRegressor(ridge_mode="absolute", ridge=1e-2),
     ]
 )
 def test_sklearn_estimator_checks(estimator, check):

@@ -13,6 +13,9 @@ widths do not matter: these are the infinite-width kernels.
   class of the largest output.
 * Both take ``kernel="precomputed"`` (like ``SVC``): ``fit(k(X, X), y)``,
   ``predict(k(X_test, X))`` — for any other ntkit kernel (convolutional, empirical).
+* :class:`NTKClassifierCV` / :class:`NTKRegressorCV` — depth, ``fix_layers``, ridge (or the
+  SVM's ``C``) and activation chosen by cross-validation, as ``GridSearchCV`` would, from one
+  kernel recursion per activation (:mod:`ntkit.sklearn.search`).
 * :func:`ntk_kernel` — a picklable callable ``f(X, Y) -> ndarray`` for
   ``sklearn.svm.SVC(kernel=ntk_kernel(depth=3))`` and other estimators taking a kernel
   callable (the NTK-SVM of Arora et al. 2020).
@@ -36,5 +39,7 @@ Example:
 from .estimators import NTKClassifier, NTKRegressor
 from .gp_kernel import NTK
 from .kernel_function import NTKKernelFunction, ntk_kernel
+from .search import NTKClassifierCV, NTKRegressorCV
 
-__all__ = ["NTK", "NTKClassifier", "NTKKernelFunction", "NTKRegressor", "ntk_kernel"]
+__all__ = ["NTK", "NTKClassifier", "NTKClassifierCV", "NTKKernelFunction", "NTKRegressor", "NTKRegressorCV",
+           "ntk_kernel"]
