@@ -133,6 +133,9 @@ def test_small_computations_never_time_anything(monkeypatch):
 
     monkeypatch.setattr(hardware, "_cpu_seconds_per_entry", forbidden)
     monkeypatch.setattr(hardware, "_throughput", forbidden)
+    monkeypatch.setattr(hardware, "_mallopt", forbidden)
+    monkeypatch.delenv("NTKIT_TILE_ENTRIES", raising=False)
+    monkeypatch.delenv("NTKIT_TUNE", raising=False)
     hardware._measured_tile_entries.cache_clear()
     try:
         x, v = _data()
@@ -143,6 +146,9 @@ def test_small_computations_never_time_anything(monkeypatch):
         assert tiling.tile_cap(10**12, F32, "meta") == tiling.CACHE_TILE_ENTRIES
         with pytest.raises(AssertionError, match="timing probe"):
             tiling.tile_cap(tiling.TUNE_MIN_PAIRS, F32)  # a large walk does ask
+        monkeypatch.setattr(hardware, "_mallopt", lambda: True)
+        with pytest.raises(AssertionError, match="timing probe"):
+            tiling.tile_cap(tiling.TUNE_MIN_PAIRS, F32)  # ... after keeping freed memory
     finally:
         hardware._measured_tile_entries.cache_clear()
 
@@ -170,6 +176,7 @@ def test_no_tuning_means_fixed_defaults(monkeypatch):
     assert hardware.matmul_route(F32) == "mm"
     assert hardware.matmul_route(F64) == "mm"
     assert hardware.tile_threads() == torch.get_num_threads()
+    assert hardware.keep_freed_memory() is False
     monkeypatch.setenv("NTKIT_TILE_ENTRIES", "0")
     with pytest.raises(ValueError, match="NTKIT_TILE_ENTRIES"):
         hardware.tile_entries(F32)

@@ -46,10 +46,12 @@ def tile_cap(pairs: int, dtype: torch.dtype, device: torch.device | str = "cpu")
     """Kernel entries per tile for a walk over ``pairs`` pairs of ``dtype`` entries on ``device``.
 
     :data:`CACHE_TILE_ENTRIES` below :data:`TUNE_MIN_PAIRS` pairs or off the CPU; otherwise
-    :func:`ntkit.hardware.tile_entries` (measured once per process and dtype).
+    :func:`ntkit.hardware.tile_entries` (measured once per process and dtype), and freed tile
+    temporaries are kept for reuse from then on (:func:`ntkit.hardware.keep_freed_memory`).
     """
     if torch.device(device).type != "cpu" or pairs < TUNE_MIN_PAIRS:
         return CACHE_TILE_ENTRIES
+    hardware.keep_freed_memory()
     return hardware.tile_entries(dtype)
 
 
