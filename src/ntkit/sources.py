@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ._validation import OVERFLOW_HINT
 from .budget import describe
 from .errors import MemoryBudgetError, ParameterError, ShapeError
 from .tiling import square_side, tile_cap
@@ -45,6 +46,8 @@ class KernelSource:
 
     symmetric: bool = False
     thread_safe: bool = True
+    #: what to change when a tile or product is NaN/Inf (the operator's NonFiniteError)
+    overflow_hint: str = OVERFLOW_HINT
 
     # -- to implement ---------------------------------------------------------------
     @property
@@ -167,6 +170,11 @@ class TensorSource(KernelSource):
             raise ShapeError(f"a symmetric kernel matrix must be square, got {tuple(K.shape)}")
         self.matrix = K
         self.symmetric = bool(symmetric)
+
+    overflow_hint = (
+        "the precomputed kernel matrix holds NaN/Inf entries (or its products overflow): "
+        "compute it again in float64, with smaller W_std / b_std or rescaled inputs"
+    )
 
     @property
     def shape(self) -> tuple[int, int]:

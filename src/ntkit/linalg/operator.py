@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_tensor, check_choice, resolve_dtype
+from .._validation import OVERFLOW_HINT, as_tensor, check_choice, check_finite_result, resolve_dtype
 from ..budget import describe, format_bytes, parse_budget
 from ..errors import DeviceError, MemoryBudgetError, ParameterError, ShapeError
 from ..sources import KernelSource, as_index
@@ -351,7 +351,7 @@ class KernelOperator:
             if kept <= self.shape[1] // 2:
                 sub = self.restrict(cols=support.nonzero().flatten(), cache=False, tile=None)
                 try:
-                    out = sub.matvec(vt[support])
+                    out = sub.matvec(vt[support])  # checked there
                 finally:
                     sub.close()
                 return out[:, 0] if squeeze else out
@@ -359,6 +359,7 @@ class KernelOperator:
             out = self._local_matvec(vt, False)
         else:
             out = self.backend_impl.matvec(self, vt, False)
+        self.check_finite(out, "K @ v")
         return out[:, 0] if squeeze else out
 
     def _local_matvec(self, v: torch.Tensor, transpose: bool) -> torch.Tensor:
@@ -370,6 +371,7 @@ class KernelOperator:
             return self.matvec(u)
         ut, squeeze = self._prepare(u, self.shape[0], "u")
         out = self.backend_impl.matvec(self, ut, True)
+        self.check_finite(out, "Kᵀ @ u")
         return out[:, 0] if squeeze else out
 
     def gram(self, v: Any) -> torch.Tensor:
@@ -385,6 +387,7 @@ class KernelOperator:
             out = self.rmatvec(self.matvec(vt))
         else:
             out = self.backend_impl.gram(self, vt, rows)
+            self.check_finite(out, "Kᵀ K v")
         return out[:, 0] if squeeze else out
 
     def gram_matrix(self, y: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -402,6 +405,7 @@ class KernelOperator:
             Y, squeeze = self._prepare(y, n1, "y")
             Y = Y.to(torch.float64)
         G, b = self.backend_impl.gram_matrix(self, Y)
+        self.check_finite((G, b), "Kᵀ K")
         if b is not None and squeeze:
             b = b[:, 0]
         return G, b
@@ -444,7 +448,7 @@ class KernelOperator:
     # ------------------------------------------------------------------ dense views
     def diag(self) -> torch.Tensor:
         """The diagonal ``k(x1_i, x2_i)``, ``(min(n1, n2),)``, from the source."""
-        return self.source.diagonal(self.memory_budget)
+        return self.check_finite(self.source.diagonal(self.memory_budget), "the diagonal")
 
     def to_dense(self) -> torch.Tensor:
         """The ``(n1, n2)`` matrix; MemoryBudgetError when it does not fit ``memory_budget``.
@@ -466,7 +470,22 @@ class KernelOperator:
 
     def _dense(self, sub: int | None = None) -> torch.Tensor:
         """The dense matrix without the budget check on the result (callers own it)."""
-        return self.backend_impl.dense(self, sub)
+        return self.check_finite(self.backend_impl.dense(self, sub), "the dense matrix")
+
+    def check_finite(self, result: Any, what: str) -> Any:
+        """``result`` (a tensor or a tuple of them), or NonFiniteError if it holds NaN/Inf.
+
+        Every product and dense view is checked before it is returned (overflow never
+        comes back as silent NaN/Inf); the message names the source and what to change
+        (the source's ``overflow_hint``: for an architecture, lower ``W_std``/``b_std`` or
+        the depth, rescale the inputs, use float64).
+        """
+        n1, n2 = self.shape
+        check_finite_result(
+            result, f"{what} of the {n1}×{n2} kernel operator ({type(self.source).__name__}, {self.dtype})",
+            getattr(self.source, "overflow_hint", OVERFLOW_HINT),
+        )
+        return result
 
     def to_dask(self):
         """The kernel matrix as a ``dask.array`` of ``block × block`` chunks (lazy).

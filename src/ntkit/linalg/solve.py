@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .._validation import as_tensor, check_choice
+from .._validation import as_tensor, check_choice, check_finite_result
 from ..budget import parse_budget
 from ..errors import ShapeError
 from ._validation import as_square_kernel, as_targets, check_ridge, is_operator
@@ -147,6 +147,11 @@ def solve(
         )
         alpha = sol.alpha(n).to(dtype)
         info = SolveInfo("nystrom", sol.iterations, sol.residual, sol.converged, sol.index)
+    check_finite_result(
+        alpha, f"the {solver} solution α ({dtype})",
+        "the system is too badly scaled for this dtype: rescale the targets, use ridge > 0, or "
+        "compute in float64",
+    )
     out = alpha[:, 0] if squeeze else alpha
     return (out, info) if return_info else out
 
@@ -204,6 +209,9 @@ def predict(
 
     Returns:
         ``(m,)`` or ``(m, k)`` predictions.
+
+    Raises:
+        NonFiniteError: the kernel or the product overflowed (the message says what to change).
     """
     from .._validation import resolve_dtype
 
@@ -224,6 +232,6 @@ def predict(
         backend=backend, client=client, progress=progress,
     )
     try:
-        return op @ a
+        return op @ a  # checked finite by the operator
     finally:
         op.close()
