@@ -79,9 +79,14 @@ def _call_monte_carlo(b):
     return nk.monte_carlo_kernel(nk.mlp(2, 4, "relu"), _X, n_samples=1, seed=0, memory_budget=b)
 
 
+def _call_empirical_source(b):
+    src = nk.EmpiricalNTKSource(_mlp_model(), _X, method="jacobian", memory_budget=b)
+    return nk.linalg.KernelOperator(src, memory_budget=b) @ _Y
+
+
 ENTRY_POINTS = [
     _call_layer_kernel, _call_operator, _call_empirical_ntk, _call_plan_empirical_ntk,
-    _call_empirical_nngp, _call_monte_carlo,
+    _call_empirical_nngp, _call_monte_carlo, _call_empirical_source,
     _call_linalg_predict, _call_nystrom_predict, _call_regressor, _call_regressor_cg,
     _call_classifier,
 ]
