@@ -20,6 +20,7 @@ from .budget import DEFAULT_MEMORY_BUDGET, Budget
 from .data import corrupt_labels
 from .empirical import EmpiricalNTKSource, empirical_kernel, empirical_nngp, empirical_ntk, ntk_vp
 from .errors import NtkitError
+from .hyperparameters import HyperparameterFit, fit_hyperparameters, log_marginal_likelihood
 from .infinite import (
     GELU,
     ABReLU,
@@ -128,6 +129,7 @@ __all__ = [
     "GlobalSelfAttention",
     "GlobalSumPool",
     "Hermite",
+    "HyperparameterFit",
     "Identity",
     "ImageResize",
     "Kernel",
@@ -154,6 +156,7 @@ __all__ = [
     "empirical_nngp",
     "empirical_ntk",
     "errors",
+    "fit_hyperparameters",
     "gp_posterior",
     "gradient_descent",
     "gradient_descent_mse",
@@ -161,6 +164,7 @@ __all__ = [
     "lab",
     "linalg",
     "linearize",
+    "log_marginal_likelihood",
     "loss_curve",
     "max_learning_rate",
     "mlp",
