@@ -168,6 +168,10 @@ def run_case(case: dict) -> dict:
             t = time.perf_counter()
             r = matvec(*a, **kw)
             product_times.append(time.perf_counter() - t)
+            if case.get("log"):
+                print(f"  product {len(product_times)}: {product_times[-1]:.1f} s (at "
+                      f"{time.perf_counter() - t0:.0f} s; load average {os.getloadavg()[0]:.2f})",
+                      file=sys.stderr, flush=True)
             return r
 
         op.backend_impl.matvec = timed_matvec
@@ -256,6 +260,8 @@ def main() -> None:
     parser.add_argument("--ridge-rel", type=float, default=1e-3, help="ridge / mean(diag K)")
     parser.add_argument("--repeats", type=int, default=1, help="sklearn-vs-ntkit repeats")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--log", action="store_true",
+                        help="print each operator product's time as it ends (stderr)")
     parser.add_argument("--summarize", help="print the table and summary of a --json file")
     args = parser.parse_args()
     if args.case:
@@ -294,15 +300,17 @@ def main() -> None:
         for method, n, extra in grid:
             itemsize = 4 if extra.get("dtype") == "float32" else 8
             case = dict(method=method, n=n, test=args.test, X=xp, y=yp, ridge_rel=args.ridge_rel,
-                        repeats=args.repeats, **extra)
+                        repeats=args.repeats, log=args.log, **extra)
             case.setdefault("budget", budget_for(method, n, extra.get("M"), itemsize))
             done = subprocess.run(
                 [sys.executable, str(HERE), "--case", json.dumps(case)],
-                capture_output=True, text=True, check=False,
+                stdout=subprocess.PIPE, stderr=None if args.log else subprocess.PIPE, text=True,
+                check=False,
             )
             lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
             if done.returncode != 0 or not lines:
-                print(f"{method:>9} {n:>7} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+                why = done.stderr.strip().splitlines()[-1:] if done.stderr else f"status {done.returncode}"
+                print(f"{method:>9} {n:>7} failed: {why}", flush=True)
                 continue
             r = json.loads(lines[-1][7:])
             results.append(r)
