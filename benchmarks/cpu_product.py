@@ -10,9 +10,11 @@ smaller ``--n`` (time ∝ n², so the n = 100,000 figure is scaled by ``(10⁵/n
 2. **one product**: wall-clock time of ``op @ v`` (best of ``--repeats``);
 3. **split**: a sample of tiles run single-threaded under a dispatch hook that times every
    torch op in CPU seconds: the Gram and ``K_IJ v_J`` products (``mm``), the elementwise
-   passes over the tile (ops on at least half a tile of entries), everything else (small
-   vector ops, Python between ops); the thread-pool overhead is the product's time minus the
-   tiles' CPU time divided by the workers;
+   passes over the tile (ops on at least half a tile of entries, views excluded), everything
+   else (small vector ops, Python between ops); the thread pool's overhead is the product's
+   CPU time (all threads) against the tiles' single-threaded CPU time, and its wall time
+   against that CPU time divided by the workers (on a shared machine, mostly the other
+   processes' share of the cores);
 4. **model**: Gram GEMM flops at the measured 1-thread rate + one pass over the tile per
    elementwise op (its inputs read, its output written) at the measured bandwidth, divided by
    the workers; the acceptance of issue 21 is ``product ≤ 2 × model``.
@@ -61,7 +63,9 @@ class _OpClock(TorchDispatchMode):
             self.seconds["gemm"] += dt
             a, b = tensors[-2], tensors[-1]
             self.flops += 2 * a.shape[0] * a.shape[1] * (b.shape[0] if "linear" in name else b.shape[1])
-        elif isinstance(out, torch.Tensor) and out.numel() >= self.big:
+        elif (isinstance(out, torch.Tensor) and out.numel() >= self.big
+              and not any(out.untyped_storage().data_ptr() == t.untyped_storage().data_ptr()
+                          for t in tensors if not func._schema.is_mutable)):  # views move nothing
             self.seconds["elementwise"] += dt
             self.passes += 1
             self.bytes += sum(t.numel() * t.element_size() for t in tensors if t.numel() >= self.big)
@@ -123,11 +127,12 @@ def main() -> None:
     print(f"operator: tile {op.tile}, {op.threads} workers, route {m['route']} "
           f"(set-up incl. probes {setup:.2f} s)")
     tiles = op.tile_grid()
-    best = math.inf
+    best = best_cpu = math.inf
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         op @ v
         best = min(best, time.perf_counter() - t0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
     entries = sum(t.pairs for t in tiles)
 
     # one tile at a time, op by op (single thread), on off-diagonal tiles of full size
@@ -174,15 +179,18 @@ def main() -> None:
           f"{dict(sorted(clock.ops.items(), key=lambda kv: -kv[1]))}), small ops {share['small']:.0%} "
           f"(most: {', '.join(f'{n} {s / k * 1e3:.2f} ms' for n, s in top_small)} a tile), "
           f"Python between ops {overhead_in_tile:.0%}")
-    print(f"thread pool: work / workers = {work / op.threads:.2f} s, product {best:.2f} s: "
-          f"overhead {pool:.2f} s ({pool / best:.0%})")
+    print(f"thread pool: work / workers = {work / op.threads:.2f} s, product {best:.2f} s wall "
+          f"(wall overhead {pool:.2f} s, {pool / best:.0%}, includes other processes' share of the "
+          f"cores); CPU time of the product {best_cpu:.2f} s vs the tiles' {work:.2f} s on one "
+          f"thread: pool CPU overhead {best_cpu / work - 1:+.0%}")
     print(f"model: Gram GEMM {gram_s:.2f} s ({clock.flops / k / 1e6:.0f} MFLOP a tile at "
           f"{rate1 / 1e9:.0f} GFLOP/s per worker) + {clock.passes // k} passes "
           f"({clock.bytes / k / op.tile**2:.0f} B per entry) at {bw / 1e9:.1f} GB/s = {pass_s:.2f} s "
           f"-> {model:.2f} s; product / model = {best / model:.2f}")
     result = dict(m, n=args.n, tile=op.tile, workers=op.threads, product_s=best,
                   product_s_at_1e5=best * scale, ns_per_entry=per_entry * 1e9, split=share,
-                  python_in_tile=overhead_in_tile, pool_overhead_s=pool, model_s=model,
+                  python_in_tile=overhead_in_tile, pool_overhead_s=pool, product_cpu_s=best_cpu,
+                  tiles_cpu_s=work, model_s=model,
                   gram_model_s=gram_s, pass_model_s=pass_s, passes=clock.passes // k,
                   bytes_per_entry=clock.bytes / k / op.tile**2, ratio=best / model,
                   load=os.getloadavg())
