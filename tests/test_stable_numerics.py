@@ -167,3 +167,21 @@ def test_gradients_stay_finite_at_every_scale(layer, scale):
     nngp, dot = layer.expectations(q11, q22, q12, True)
     (nngp.sum() / scale + dot.sum()).backward()
     assert bool(torch.isfinite(q11.grad).all()) and bool(torch.isfinite(q12.grad).all())
+
+
+def test_all_finite_sum_shortcut_is_exact():
+    """The one-sum shortcut never hides a NaN/Inf and never blames finite entries whose sum
+    overflows (those are then checked entry by entry); both below and above the chunk size."""
+    from ntkit._validation import all_finite
+
+    for n in (10, 3000):
+        big = torch.full((n, n // 10 + 1), 3e38, dtype=torch.float32)   # finite; sum overflows
+        assert all_finite(big, chunk=1000)
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            t = torch.ones(n, n // 10 + 1, dtype=torch.float64)
+            t[n // 2, 0] = bad
+            assert not all_finite(t, chunk=1000)
+        pair = torch.zeros(n, dtype=torch.float32)
+        pair[0], pair[-1] = float("inf"), -float("inf")           # sums to NaN, not 0
+        assert not all_finite(pair, chunk=1000)
+    assert all_finite(torch.empty(0)) and all_finite(torch.arange(3))

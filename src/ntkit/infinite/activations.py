@@ -32,6 +32,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .._validation import all_finite
 from ..errors import ParameterError
 from ..finite.activations import Elementwise
 from . import stable
@@ -72,7 +73,7 @@ class ElementwiseLayer(Layer):
             var2 = self.expectations(state.var2, state.var2, state.var2, False)[0]
         # The variances bound every entry (Cauchy–Schwarz): one cheap check on the vectors.
         variances = (state.var1, state.var2, var1, var2)
-        if not bool(torch.isfinite(torch.cat([v.reshape(-1) for v in variances])).all()):
+        if not all_finite(torch.cat([v.reshape(-1) for v in variances])):
             stable.check_finite(state.var1, f"the pre-activation variance entering {self.name}")
             stable.check_finite(state.var2, f"the pre-activation variance entering {self.name}")
             stable.check_finite(torch.cat([var1, var2]), f"the variance after {self.name}")

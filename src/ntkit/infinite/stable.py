@@ -40,6 +40,7 @@ import math
 
 import torch
 
+from .._validation import all_finite
 from ..errors import NonFiniteError
 
 #: The fix named when a kernel does not fit the requested dtype.
@@ -295,9 +296,9 @@ def check_finite(t: torch.Tensor, what: str, hint: str = RANGE_HINT) -> torch.Te
     rescaling). One reduction pass over ``t``; call it on the small variance vectors where
     a bound on them bounds the whole kernel (Cauchy–Schwarz: ``|k(x, x')|² <= k(x, x) k(x', x')``).
     """
-    finite = torch.isfinite(t)
-    if bool(finite.all()):
+    if all_finite(t):
         return t
+    finite = torch.isfinite(t)
     bad = int((~finite).sum())
     kind = "NaN" if bool(torch.isnan(t).any()) else "Inf"
     raise NonFiniteError(
