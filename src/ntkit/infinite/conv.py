@@ -29,40 +29,13 @@ from ..spatial import PADDINGS, as_tuple, check_window, expand, geometry
 from ._spatial import window_sum
 from .dense import PARAMETERIZATIONS
 from .layers import Layer, Shape, State, require_single
-from .state import KernelState
+from .state import KernelState, add_scaled, is_zero_constant, scale_shift
 
 MAX_SPATIAL_DIMS = 3
 
 
 def _scalar(value):
     return value if isinstance(value, torch.Tensor) else float(value)
-
-
-def is_zero_constant(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a broadcast zero (all strides 0), the NTK of the raw inputs.
-
-    The engine's pair evaluation (:mod:`ntkit.infinite.pairs`) passes the input NTK, which
-    is 0 (no parameters act before the input), as ``zeros(()).expand(shape)``; skipping its
-    window sum saves a pass over the largest tensor of the network.
-    """
-    return t.numel() > 0 and all(st == 0 for st in t.stride()) and float(t[(0,) * t.ndim]) == 0.0
-
-
-def scale_shift(t: torch.Tensor, scale, shift, *, inplace: bool) -> torch.Tensor:
-    """``t·scale + shift`` (``shift=None``: none); in place on ``t`` when both are numbers."""
-    plain = not isinstance(scale, torch.Tensor) and not isinstance(shift, torch.Tensor)
-    if inplace and plain:
-        t = t.mul_(scale)
-        return t if shift is None else t.add_(shift)
-    t = t * scale
-    return t if shift is None else t + shift
-
-
-def add_scaled(a: torch.Tensor, b: torch.Tensor, scale) -> torch.Tensor:
-    """``a + scale·b`` in one pass when ``scale`` is a number."""
-    if isinstance(scale, torch.Tensor):
-        return a + scale * b
-    return torch.add(a, b, alpha=scale)
 
 
 def spatial_rank_error(layer: str, kernel: tuple[int, ...] | None, got: tuple[int, ...]) -> ShapeError:

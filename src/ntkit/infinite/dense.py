@@ -9,6 +9,7 @@ from .._validation import check_choice, check_positive_int, check_std
 from ..errors import ParameterError, ShapeError
 from ..finite.dense import NTKDense, ScaledStandardDense
 from .layers import Layer, Shape, State, require_single
+from .state import add_scaled, is_zero_constant, scale_shift
 
 PARAMETERIZATIONS = ("ntk", "standard")
 
@@ -69,16 +70,16 @@ class Dense(Layer):
         state = require_single(state, self)
         w2 = self.W_std**2
         b2 = 0.0 if self.b_std is None else self.b_std**2
-        # one new tensor per kernel and as few passes over it as possible (a tile's Dense
-        # layers are ~10% of its elementwise passes); same rounding as w2·nngp + b2
-        nngp = state.nngp * w2
-        if self.b_std is not None:
-            nngp = nngp.add_(b2)
+        # Two passes over the largest tensor (a fresh product, then the bias in place); the
+        # rounding is that of `w2 * nngp + b2`, so a self pair's diagonal stays its variance.
+        nngp = scale_shift(state.nngp, w2, None if self.b_std is None else b2, inplace=False)
         ntk = None
         if state.ntk is not None:
             if self.parameterization == "ntk":
-                fused = isinstance(w2, float) and abs(w2) <= torch.finfo(state.ntk.dtype).max
-                ntk = torch.add(nngp, state.ntk, alpha=w2) if fused else nngp + w2 * state.ntk
+                # A zero incoming NTK (the raw inputs, as a broadcast zero): ntk' = nngp',
+                # shared (no layer writes into its inputs).
+                zero = state.ntk is not state.nngp and is_zero_constant(state.ntk)
+                ntk = nngp if zero else add_scaled(nngp, state.ntk, w2)
             else:
                 bias_term = 0.0 if self.b_std is None else 1.0
                 ntk = (state.width / self.s[0]) * state.nngp + bias_term + w2 * state.ntk

@@ -22,6 +22,7 @@ from ..errors import NtkitError, ShapeError
 from ..finite.graph import AggregateModule
 from .layers import Layer, Shape, State, require_single
 from .pooling import _require_full, _self_diagonal, _self_indices
+from .state import is_zero_constant
 
 
 def _pattern(side: dict | None) -> torch.Tensor:
@@ -61,8 +62,10 @@ class Aggregate(Layer):
 
         nngp = aggregate(state.nngp)
         ntk = None
-        if state.ntk is not None:
-            ntk = nngp if state.ntk is state.nngp else aggregate(state.ntk)
+        if state.ntk is state.nngp:
+            ntk = nngp
+        elif state.ntk is not None:  # a zero NTK (raw inputs) stays zero: no product
+            ntk = state.ntk if is_zero_constant(state.ntk) else aggregate(state.ntk)
         i1, i2 = _self_indices(state, self)
         var1 = _self_diagonal(nngp, state.spatial, i1)
         var2 = var1 if i2 is i1 else _self_diagonal(nngp, state.spatial, i2)

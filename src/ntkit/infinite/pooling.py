@@ -57,8 +57,8 @@ def _self_indices(state: KernelState, layer: Layer) -> tuple[torch.Tensor, torch
 def _self_diagonal(pooled: torch.Tensor, spatial: tuple[int, ...], index: torch.Tensor) -> torch.Tensor:
     """``pooled[index[k], p, p]`` as ``(len(index), *spatial)`` from ``(N, *S, *S)``."""
     p = math.prod(spatial)
-    flat = pooled.reshape(pooled.shape[0], p, p)[index]
-    return flat.diagonal(dim1=1, dim2=2).reshape(len(index), *spatial)
+    diagonals = pooled.reshape(pooled.shape[0], p, p).diagonal(dim1=1, dim2=2)
+    return diagonals[index].reshape(len(index), *spatial)  # gathers the diagonals only
 
 
 def _present_mean(state: KernelState, mask1, mask2):

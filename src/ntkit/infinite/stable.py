@@ -104,11 +104,21 @@ def _pow2_scale(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return r, inv
 
 
-def _span(q11: torch.Tensor, q22: torch.Tensor) -> tuple[float, float]:
-    """``(min, max)`` over both variance tensors: one reduction, one sync (NaN propagates)."""
-    lo, hi = torch.aminmax(torch.cat([q11.detach().reshape(-1), q22.detach().reshape(-1)]))
+def _span(q11: torch.Tensor, q22: torch.Tensor) -> tuple[float, float, float]:
+    """``(min, max, smallest positive)`` over both variance tensors (NaN propagates).
+
+    One reduction and one sync; a second only when a variance is exactly 0 (e.g. the
+    zero-padded nodes of graphs): such entries need no scaling (their products are exactly
+    0), so the scaling decision looks at the smallest positive variance (0 if none).
+    """
+    both = torch.cat([q11.detach().reshape(-1), q22.detach().reshape(-1)])
+    lo, hi = torch.aminmax(both)
     lo, hi = torch.stack([lo, hi]).tolist()
-    return lo, hi
+    lo_positive = lo
+    if lo == 0:
+        lo_positive = float(torch.where(both > 0, both, math.inf).min())
+        lo_positive = 0.0 if lo_positive == math.inf else lo_positive
+    return lo, hi, lo_positive
 
 
 def _needs_scaling(lo: float, hi: float) -> bool:
@@ -145,7 +155,9 @@ def _root_det(
     what rounding the data to float32 already does), the fast path of the ReLU family.
     """
     out_dtype = q12.dtype
-    lo, hi = span[0] + shift, span[1] + shift
+    # Exactly-zero variances form exact zero products: the range that matters is that of the
+    # positive ones (span[2]); with a shift every variance is positive anyway.
+    lo, hi = (span[0] if shift else span[2]) + shift, span[1] + shift
     if out_dtype != torch.float64:
         finfo = torch.finfo(out_dtype)
         in_range = hi * hi < finfo.max / 4 and lo * lo > finfo.tiny * 2.0**50

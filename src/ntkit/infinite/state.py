@@ -125,3 +125,32 @@ def absent(state: KernelState, first: bool) -> torch.Tensor | None:
     if not side:
         return None
     return side.get("mask")
+
+
+def is_zero_constant(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a broadcast zero (all strides 0), the NTK of the raw inputs.
+
+    The engine's pair evaluation (:mod:`ntkit.infinite.pairs`) passes the input NTK, which
+    is 0 (no parameters act before the input), as ``zeros(()).expand(shape)``; skipping its
+    window sum saves a pass over the largest tensor of the network.
+    """
+    return t.numel() > 0 and all(st == 0 for st in t.stride()) and float(t[(0,) * t.ndim]) == 0.0
+
+
+def scale_shift(t: torch.Tensor, scale, shift, *, inplace: bool) -> torch.Tensor:
+    """``t·scale + shift`` (``shift=None``: none); in place on ``t`` when both are numbers."""
+    plain = not isinstance(scale, torch.Tensor) and not isinstance(shift, torch.Tensor)
+    if inplace and plain:
+        t = t.mul_(scale)
+        return t if shift is None else t.add_(shift)
+    t = t * scale
+    if shift is None:
+        return t
+    return t.add_(shift) if plain else t + shift  # `t` is fresh: in place when plain
+
+
+def add_scaled(a: torch.Tensor, b: torch.Tensor, scale) -> torch.Tensor:
+    """``a + scale·b`` in one pass when ``scale`` is a number."""
+    if isinstance(scale, torch.Tensor) or abs(scale) > torch.finfo(b.dtype).max:
+        return a + scale * b  # (an alpha outside the dtype's range is refused by torch.add)
+    return torch.add(a, b, alpha=scale)
