@@ -28,6 +28,13 @@ from ..kernel import Kernel
 from ..tiling import chunk_pairs, grid
 from .state import KernelState
 
+
+def fold_leading_aggregate(layer, x1, x2, side1, side2):
+    """:func:`ntkit.infinite.graph.fold_leading_aggregate` (imported late: graph imports layers)."""
+    from .graph import fold_leading_aggregate as fold
+
+    return fold(layer, x1, x2, side1, side2)
+
 # Kernel entries per chunk, at most (512 pairs of 8x8 images, 16 MiB per float64 tensor).
 # Larger chunks cut the self pairs' share (2/√pairs for square blocks) and the per-op
 # overhead; on the CNTK benchmark 2**21 to 2**22 was ~1.5x faster than 2**17.
@@ -210,6 +217,7 @@ def evaluate_pairs(
     per-example side information of ``x1``/``x2`` (e.g. masks).
     """
     sides = {"side_a": side1, "side_b": side1 if x2 is None else side2}
+    layer, x1, x2 = fold_leading_aggregate(layer, x1, x2, side1, side2)
     entries = math.prod(x1.shape[2:]) ** 2
     max_pairs = max_chunk_pairs(per_pair, budget, entries)
     device = x1.device
@@ -256,6 +264,7 @@ def pair_block(
     ``nngp``/``ntk`` ``(ra, rb, *rest)``, ``var1 (ra, ...)``, ``var2 (rb, ...)``; with
     ``diagonal=True`` the pairs ``(a_i, b_i)``: ``(ra, *rest)``.
     """
+    layer, a, b = fold_leading_aggregate(layer, a, b, side_a, side_b)
     ra = a.shape[0]
     if diagonal:
         idx = torch.arange(ra, device=a.device)
