@@ -21,14 +21,6 @@ METHODS = ["jacobian", "ntk_vp", "structured", "auto"]
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: extra threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def naive_jacobian(model: nn.Module, x: torch.Tensor, params=None) -> torch.Tensor:
     """``(n, o, P)``: one ``autograd.grad`` per example and output."""

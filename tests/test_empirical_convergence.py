@@ -18,15 +18,6 @@ from conftest import loglog_slope, relative_error
 from ntkit.empirical import empirical_ntk
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: extra threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mean_errors(arch_at, x, widths, seeds, first_seed=0):
     errors = []
     for w in widths:

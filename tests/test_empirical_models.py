@@ -22,13 +22,6 @@ from ntkit.errors import MemoryBudgetError, ModelError, ShapeError
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _take(x, i):
     if isinstance(x, dict):

@@ -13,13 +13,6 @@ from ntkit.errors import ParameterError, SingularMatrixError
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _data(n=12, d=3, seed=0):
     g = torch.Generator().manual_seed(seed)

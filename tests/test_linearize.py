@@ -18,14 +18,6 @@ from ntkit.linearize import LinearizedModel, linearize
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: extra threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def model_jacobian(model, x, params):
     """``(n·o, P)`` rows ∂f_o(x_i)/∂w by plain autograd."""

@@ -20,14 +20,6 @@ from ntkit.monte_carlo import monte_carlo_kernel
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: extra threads only add contention on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def sample_errors(arch, x, counts, repeats, field):
     exact = getattr(arch.kernel(x), field)
