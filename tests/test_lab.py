@@ -165,7 +165,7 @@ def _leftovers(folder: Path) -> list[str]:
 def test_experiment_failing_midway_leaves_the_previous_report(previous, monkeypatch):
     out, before = previous
     calls = {"n": 0}
-    real = lab.lazy.train_mse
+    real = lab.lazy.train_two_layer
 
     def flaky(*args, **kwargs):
         calls["n"] += 1
@@ -173,7 +173,7 @@ def test_experiment_failing_midway_leaves_the_previous_report(previous, monkeypa
             raise RuntimeError("simulated crash in the middle of the lazy experiment")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(lab.lazy, "train_mse", flaky)
+    monkeypatch.setattr(lab.lazy, "train_two_layer", flaky)
     with pytest.raises(RuntimeError, match="simulated crash"):
         lab.run(["width", "lazy"], quick=True, sizes=TINY, out=out)
     assert calls["n"] == 2

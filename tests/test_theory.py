@@ -40,6 +40,18 @@ def test_callable_activation_uses_autograd_derivative(x):
     torch.testing.assert_close(by_callable, two_layer_ntk(x), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("layer", [nk.ReLU(), nk.LeakyReLU(0.2), nk.Abs(), nk.ABReLU(-0.5, 2.0)],
+                         ids=repr)
+def test_relu_family_derivative_in_closed_form_equals_autograd(layer):
+    from ntkit.infinite.quadrature import autograd_derivative
+
+    z = torch.tensor([-2.0, -1e-300, 0.0, 1e-300, 0.5, 3.0], dtype=torch.float64)
+    ref = autograd_derivative(lambda t: layer.a * torch.clamp(t, max=0) + layer.b * torch.clamp(t, min=0))
+    assert torch.equal(layer._derivative(z), ref(z))
+    assert torch.equal(layer.fn(z), layer.a * torch.clamp(z, max=0) + layer.b * torch.clamp(z, min=0))
+    assert torch.equal(autograd_derivative(layer.fn)(z), ref(z))
+
+
 def test_monte_carlo_over_B_converges_like_inverse_sqrt(x):
     exact = two_layer_ntk(x)
     sizes = [1_000, 4_000, 16_000, 64_000]

@@ -103,6 +103,8 @@ def _cached(name: str) -> tuple[np.ndarray, np.ndarray]:
         X, y = _make_mnist1d()
     elif name == "mnist":
         X, y = _load_mnist()
+    elif name == "digits" and (table := _digits_table()) is not None:
+        X, y = table[:, :-1], table[:, -1]
     else:
         from sklearn import datasets
 
@@ -113,6 +115,27 @@ def _cached(name: str) -> tuple[np.ndarray, np.ndarray]:
     X.setflags(write=False)
     y.setflags(write=False)
     return X, y
+
+
+def _digits_table() -> np.ndarray | None:
+    """scikit-learn's digits file read directly: ``(1797, 65)``, the 64 pixels then the class.
+
+    ``sklearn.datasets.load_digits`` reads the same file, but importing scikit-learn takes
+    about a second — most of ``ntkit lab``'s data preparation. ``None`` (use
+    ``load_digits``) when the file is not where scikit-learn keeps it or has another shape.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    try:
+        table = np.loadtxt(path, delimiter=",")
+    except (OSError, ValueError):
+        return None
+    return table if table.shape == (1797, 65) else None
 
 
 def _load_mnist() -> tuple[np.ndarray, np.ndarray]:

@@ -100,7 +100,19 @@ class ABReLU(ElementwiseLayer):
         self.name = f"ABReLU(a={self.a}, b={self.b})"
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
+        if self.a == 0:  # ReLU (times b): one clamp, the same values and autograd gradient
+            out = torch.clamp(x, min=0)
+            return out if self.b == 1 else self.b * out
         return self.a * torch.clamp(x, max=0) + self.b * torch.clamp(x, min=0)
+
+    def _derivative(self, x: torch.Tensor) -> torch.Tensor:
+        """``φ'(z)`` in closed form: ``b`` for ``z > 0``, ``a`` for ``z < 0`` and ``a + b`` at 0
+        (what autograd gives for :meth:`fn`; used by :func:`ntkit.theory.two_layer_finite_ntk`
+        instead of an autograd pass)."""
+        pos = (x >= 0).to(x.dtype)
+        if self.a == 0:
+            return pos if self.b == 1 else self.b * pos
+        return self.b * pos + self.a * (x <= 0).to(x.dtype)
 
     def expectations(self, q11, q22, q12, need_dot):
         nngp, dot = _ArcCosine.apply(q11, q22, q12, self.a, self.b)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from ..bounds import arora_h_infinity, complexity, generalization_bound, lambda_min
 from . import readings as R
 from .context import Context
-from .fits import corrupted_fit
+from .fits import corrupted_fit, train_conditions
 from .numbers import fmt, r
 from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
 
@@ -42,6 +42,7 @@ def run(ctx: Context) -> ExperimentResult:
     lam = lambda_min(H)
     fractions = [float(f) for f in s.rl_fractions]
     comp, comp_ntk, bound, test_error, fitted = [], [], [], [], []
+    train_conditions(ctx, fractions)  # nothing to do after random-labels
     with ctx.bar(len(fractions), "complexity per corruption level") as bar:
         for f in fractions:
             fit = corrupted_fit(ctx, f)

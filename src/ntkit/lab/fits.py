@@ -3,11 +3,16 @@
 Every fit trains a fresh net of the run's :class:`~ntkit.lab.models.LabModel`
 (``--arch``) from the same initialization, with the **same optimizer settings for every condition** — as
 Zhang et al. 2017 compare conditions under one training recipe: full-batch gradient descent
-with heavy-ball momentum ``rl_momentum`` (``torch.optim.SGD``) on ``(1/2n)‖f − y‖²`` with
-``η = n/λ_max(H)``, ``H`` the model's infinite-width NTK on the *true* training inputs (half
-the stability limit of plain gradient descent, halved again for the CNN; randomized inputs
-have a smaller ``λ_max`` here, so the same ``η`` is stable for them), until the loss is
-below ``rl_threshold`` or ``rl_max_steps`` pass.
+with heavy-ball momentum ``rl_momentum`` (the update of ``torch.optim.SGD``) on
+``(1/2n)‖f − y‖²`` with ``η = n/λ_max(H)``, ``H`` the model's infinite-width NTK on the *true*
+training inputs (half the stability limit of plain gradient descent, halved again for the
+CNN; randomized inputs have a smaller ``λ_max`` here, so the same ``η`` is stable for them),
+until the loss is below ``rl_threshold`` or ``rl_max_steps`` pass.
+
+All the conditions a run asks for are trained together, as one stack of nets
+(:mod:`ntkit.lab.batched`: closed-form gradients of the two-layer net, ``torch.func.vmap``
+for the CNN), in float32 (:data:`FIT_DTYPE`; the threshold 0.01 is far above float32
+rounding): each net leaves the stack when it reaches the threshold.
 
 The net is trained with its initial outputs subtracted, ``f = h − h_0``: targets are shifted
 to ``y + h_0(X)`` and test predictions are ``h(x) − h_0(x)``. The gradient dynamics are those
@@ -17,15 +22,18 @@ initialization of Arora et al. 2019 — so that what is being fitted is ``y``, n
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..predict import max_learning_rate
+from .batched import train_stack, train_two_layer
 from .context import Context
 from .corrupted import corrupted_labels
 from .numbers import error_rate
-from .training import steps_to_fit, train_mse
+from .training import steps_to_fit
 
 
 def learning_rate(ctx: Context) -> float:
@@ -38,47 +46,84 @@ def learning_rate(ctx: Context) -> float:
     return ctx.cache[key]
 
 
-def _fit(ctx: Context, x: torch.Tensor, y: torch.Tensor, label: str) -> dict[str, Any]:
+#: The dtype in which the fits of ``random-labels`` and ``bound`` train.
+FIT_DTYPE = torch.float32
+
+
+def _outputs(ctx: Context, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """Outputs ``(n,)`` (float64) of the model's net with ``params`` on flat rows ``x``."""
+    if ctx.model.name == "fc":
+        a, B = params["a"].double(), params["B"].double()
+        return torch.relu(x @ B.T) @ a / math.sqrt(a.numel())
+    from torch.func import functional_call
+
+    net = ctx.cache[("rl-net", ctx.model.name)]
+    with torch.no_grad():
+        return functional_call(net, params, (x.to(FIT_DTYPE),)).reshape(-1).double()
+
+
+def train_conditions(ctx: Context, fractions: Sequence[float] = (), variants: Sequence[str] = ()) -> None:
+    """Train, as one stack, the nets of the label-corruption ``fractions`` and input
+    ``variants`` not yet in ``ctx.cache`` (see the module docstring); results are read with
+    :func:`corrupted_fit` and :func:`variant_fit`."""
     s, data = ctx.sizes, ctx.data
+    todo: list[tuple[tuple, torch.Tensor, torch.Tensor, str]] = []
+    for f in fractions:
+        key = ("corrupted_fit", ctx.model.name, float(f))
+        if key not in ctx.cache and all(t[0] != key for t in todo):
+            todo.append((key, data.x_train, corrupted_labels(ctx, f), f"{float(f):.0%} random labels"))
+    for kind in variants:
+        key = ("variant_fit", ctx.model.name, kind)
+        if key not in ctx.cache and all(t[0] != key for t in todo):
+            x = data.variant(kind, ctx.rng("rl-variant", kind))
+            todo.append((key, x, data.y_train, kind.replace("_", " ")))
+    if not todo:
+        return
     lr = learning_rate(ctx)
     net = ctx.model.net(data.d, ctx.seed_for("rl-net"), ctx.device)
     with torch.no_grad():
-        f0 = net(x).reshape(-1)
-    with ctx.bar(s.rl_max_steps, label) as bar:
-        losses = train_mse(net, x, y + f0, lr=lr, steps=s.rl_max_steps,
-                           momentum=s.rl_momentum, stop_below=s.rl_threshold, bar=bar)
-    return {"net": net, "losses": losses, "steps_to_fit": steps_to_fit(losses, s.rl_threshold),
-            "final_loss": losses[-1], "learning_rate": lr}
+        f0 = torch.stack([net(x).reshape(-1) for _, x, _, _ in todo])
+    x = torch.stack([x for _, x, _, _ in todo]).to(FIT_DTYPE)
+    y = (torch.stack([y for _, _, y, _ in todo]) + f0).to(FIT_DTYPE)
+    desc = f"fitting {len(todo)} nets together ({', '.join(t[3] for t in todo)})"
+    with ctx.bar(s.rl_max_steps, desc) as bar:
+        if ctx.model.name == "fc":
+            res = train_two_layer(x, y, net.a.detach().to(FIT_DTYPE), net.B.detach().to(FIT_DTYPE),
+                                  lr=lr, steps=s.rl_max_steps, momentum=s.rl_momentum,
+                                  stop_below=s.rl_threshold, bar=bar)
+        else:  # the CNN computes in float32 whatever its inputs (models.CNN_DTYPE)
+            res = train_stack(net, x, y, lr=lr, steps=s.rl_max_steps, momentum=s.rl_momentum,
+                              stop_below=s.rl_threshold, stacked_x=True, bar=bar)
+    ctx.cache[("rl-net", ctx.model.name)] = net
+    with torch.no_grad():
+        ft0 = net(data.x_test).reshape(-1)
+    for (key, _, labels, _), losses, params in zip(todo, res.losses, res.params):
+        fit: dict[str, Any] = {"losses": losses, "steps_to_fit": steps_to_fit(losses, s.rl_threshold),
+                               "final_loss": losses[-1], "learning_rate": lr}
+        if key[0] == "corrupted_fit":
+            pred = _outputs(ctx, params, data.x_test) - ft0
+            fit.update(labels=labels, test_error=error_rate(pred, data.y_test),
+                       test_loss=float(0.5 * ((pred - data.y_test) ** 2).mean()))
+        ctx.cache[key] = fit
 
 
 def corrupted_fit(ctx: Context, fraction: float) -> dict[str, Any]:
     """A net fitted to labels of which ``fraction`` were re-drawn at random
-    (:func:`~ntkit.lab.corrupted.corrupted_labels`; memoized in ``ctx.cache``).
+    (:func:`~ntkit.lab.corrupted.corrupted_labels`; memoized in ``ctx.cache``, trained by
+    :func:`train_conditions` unless it already was).
 
     Returns ``{"labels", "losses", "steps_to_fit", "final_loss", "test_error", "test_loss",
     "learning_rate"}`` (test error and loss on the clean test labels).
     """
-    key = ("corrupted_fit", ctx.model.name, float(fraction))
-    if key in ctx.cache:
-        return ctx.cache[key]
-    data = ctx.data
-    labels = corrupted_labels(ctx, fraction)
-    fit = _fit(ctx, data.x_train, labels, f"fit, {fraction:.0%} random labels")
-    net = fit.pop("net")
-    with torch.no_grad():
-        ft0 = ctx.model.net(data.d, ctx.seed_for("rl-net"), ctx.device)(data.x_test).reshape(-1)
-        pred = net(data.x_test).reshape(-1) - ft0
-    fit.update(labels=labels, test_error=error_rate(pred, data.y_test),
-               test_loss=float(0.5 * ((pred - data.y_test) ** 2).mean()))
-    ctx.cache[key] = fit
-    return fit
+    train_conditions(ctx, fractions=[fraction])
+    return ctx.cache[("corrupted_fit", ctx.model.name, float(fraction))]
 
 
 def variant_fit(ctx: Context, kind: str) -> dict[str, Any]:
     """A net fitted to the true labels on inputs randomized as in Zhang et al. 2017
-    (:meth:`~ntkit.lab.dataset.LabData.variant`), same settings as :func:`corrupted_fit`."""
-    data = ctx.data
-    x = data.variant(kind, ctx.rng("rl-variant", kind))
-    fit = _fit(ctx, x, data.y_train, f"fit, {kind.replace('_', ' ')}")
-    fit.pop("net")
-    return fit
+    (:meth:`~ntkit.lab.dataset.LabData.variant`), same settings as :func:`corrupted_fit`.
+
+    Returns ``{"losses", "steps_to_fit", "final_loss", "learning_rate"}``.
+    """
+    train_conditions(ctx, variants=[kind])
+    return ctx.cache[("variant_fit", ctx.model.name, kind)]

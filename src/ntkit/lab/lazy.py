@@ -9,7 +9,8 @@ linearized model ``f_t(x) = f_0(x) + k(x, X) H⁻¹ (I − (I − ηH/n)^t)(y �
 (:func:`ntkit.predict.gradient_descent_mse`).
 
 The lecture's two-layer ReLU net is trained at several widths by full-batch gradient descent
-(``torch.optim.SGD``, no momentum) on ``(1/2n)‖f − y‖²`` with ``η = n/λ_max(H_∞)``, half the
+(no momentum; :func:`ntkit.lab.batched.train_two_layer`, the update of ``torch.optim.SGD``
+with closed-form gradients, in float32) on ``(1/2n)‖f − y‖²`` with ``η = n/λ_max(H_∞)``, half the
 stability limit. At log-spaced steps we record the weight change, the kernel change (the
 finite NTK by :func:`ntkit.theory.two_layer_finite_ntk`) and the RMS gap on the test points
 between the net and the prediction from its own initial kernel ``K_0``. At the end we
@@ -27,14 +28,25 @@ import torch
 from ..predict import gradient_descent_mse, kernel_regression
 from ..theory import two_layer_finite_ntk, two_layer_ntk
 from . import readings as R
+from .batched import train_two_layer
 from .context import Context
 from .numbers import checkpoints, error_rate, fmt, loglog_slope, r, rl
 from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
-from .training import flat_params, lecture_learning_rate, lecture_net, train_mse
+from .training import flat_params, lecture_learning_rate, lecture_net
 
 TITLE = "Lazy training: wide nets track their linearization"
 MIN_TRAIN = 20
 MIN_TEST = 10
+
+
+#: The dtype in which the nets of ``lazy`` train (their weights, kernels and outputs are
+#: measured in float64; float32 rounding is orders below the smallest change measured).
+LAZY_DTYPE = torch.float32
+
+
+def _outputs(a: torch.Tensor, B: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``(1/√m) relu(x Bᵀ) a``: the lecture's net with weights ``a``, ``B`` (float64)."""
+    return torch.relu(x @ B.T) @ a / math.sqrt(a.numel())
 
 
 def _one_width(ctx: Context, m: int, lr: float, marks: list[int], bar) -> dict:
@@ -56,22 +68,30 @@ def _one_width(ctx: Context, m: int, lr: float, marks: list[int], bar) -> dict:
     )
     rec = {"weight_change": [], "kernel_change": [], "output_gap": []}
     wanted = {k: i for i, k in enumerate(marks)}
+    norm_w0 = torch.linalg.norm(w0)
+    # The kernel's change is measured in the training dtype, K_t against K_0 computed the same way.
+    x_low = x.to(LAZY_DTYPE)
+    K0_low = two_layer_finite_ntk(x_low, a=a0.to(LAZY_DTYPE), B=B0.to(LAZY_DTYPE)).double()
 
-    def on_step(k: int) -> None:
+    def on_step(k: int, a: torch.Tensor, B: torch.Tensor) -> None:
         if k not in wanted:
             return
-        rec["weight_change"].append(float(torch.linalg.norm(flat_params(net) - w0) / torch.linalg.norm(w0)))
-        Kt = two_layer_finite_ntk(x, a=net.a, B=net.B)
-        rec["kernel_change"].append(float(torch.linalg.norm(Kt - K0) / torch.linalg.norm(K0)))
-        gap = net(xt) - lin_test[wanted[k]]
+        Kt = two_layer_finite_ntk(x_low, a=a[0], B=B[0]).double()
+        rec["kernel_change"].append(float(torch.linalg.norm(Kt - K0_low) / torch.linalg.norm(K0_low)))
+        a, B = a[0].double(), B[0].double()
+        dw = torch.sqrt(torch.sum((a - a0) ** 2) + torch.sum((B - B0) ** 2))
+        rec["weight_change"].append(float(dw / norm_w0))
+        gap = _outputs(a, B, xt) - lin_test[wanted[k]]
         rec["output_gap"].append(float(torch.sqrt((gap**2).mean())))
 
-    losses = train_mse(net, x, y, lr=lr, steps=s.lazy_steps, on_step=on_step, bar=bar)
+    res = train_two_layer(x, y.reshape(1, -1), a0.to(LAZY_DTYPE), B0.to(LAZY_DTYPE), lr=lr,
+                          steps=s.lazy_steps, on_step=on_step, bar=bar)
+    losses = res.losses[0]
+    a_end, B_end = res.params[0]["a"].double(), res.params[0]["B"].double()
     # t = ∞ of the linearized model: ‖w_∞ − w_0‖ = sqrt(r_0ᵀ K_0⁻¹ r_0) (identity 6 of DESIGN).
     r0 = (y - f0).reshape(-1)
     limit = float(torch.sqrt(r0 @ torch.linalg.solve(K0, r0)) / torch.linalg.norm(w0))
-    with torch.no_grad():
-        out_test = net(xt)
+    out_test = _outputs(a_end, B_end, xt)
     gap_inf = float(torch.sqrt(((out_test - inf_test) ** 2).mean()))
     return {
         "width": m,

@@ -32,7 +32,7 @@ import numpy as np
 
 from . import readings as R
 from .context import Context
-from .fits import corrupted_fit, learning_rate, variant_fit
+from .fits import corrupted_fit, learning_rate, train_conditions, variant_fit
 from .numbers import fmt, r, rl
 from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
 
@@ -62,6 +62,7 @@ def run(ctx: Context) -> ExperimentResult:
     fractions = [float(f) for f in s.rl_fractions]
     if 0.0 not in fractions or 1.0 not in fractions:
         fractions = sorted({0.0, 1.0, *fractions})
+    train_conditions(ctx, fractions, VARIANTS)  # all conditions as one stack of nets
     fits = [corrupted_fit(ctx, f) for f in fractions]
     by_fraction = dict(zip(fractions, fits))
     conditions = {}

@@ -40,8 +40,12 @@ class ReportError(NtkitError):
 
 
 def axis_ranges(fig: Any) -> list[tuple[float, float, float, float]]:
-    """``(x_lo, x_hi, y_lo, y_hi)`` of every axes of ``fig`` (recorded in the HTML)."""
-    fig.canvas.draw_idle()
+    """``(x_lo, x_hi, y_lo, y_hi)`` of every axes of ``fig`` (recorded in the HTML).
+
+    Read without drawing: matplotlib applies pending autoscaling when the limits are read,
+    and the lab's axes have no fixed aspect (the one thing a draw would still change), so
+    these are the limits of the saved figure (and a figure is not drawn twice).
+    """
     return [(*ax.get_xlim(), *ax.get_ylim()) for ax in fig.axes]
 
 

@@ -200,7 +200,7 @@ def run(
 
 
 def _run(names, dataset, target, seed, quick, dev, out, preset, progress, threads, opts) -> LabResult:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     data = prepare(dataset, preset, seed, dev, target=target, classes=opts["classes"],
                    standardize=opts["standardize"], image_shape=opts["image_shape"])
     model = lab_model(opts["arch"], data, preset.rl_width, preset.cnn_channels)
@@ -217,19 +217,22 @@ def _run(names, dataset, target, seed, quick, dev, out, preset, progress, thread
     ctx = Context(data=data, sizes=preset, seed=seed, device=dev, progress=progress, model=model)
     results: list[ExperimentResult] = []
     timings: dict[str, float] = {"data": round(time.perf_counter() - start, 3)}
+    cpu: dict[str, float] = {"data": round(time.process_time() - cpu_start, 3)}
     for i, n in enumerate(names, 1):
         ctx.experiment = n
         if progress == "log":
             log_line(f"[{i}/{len(names)}] {n}: start")
         elif progress:
             print(f"[{i}/{len(names)}] {n} ...", file=sys.stderr, flush=True)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         results.append(modules[n].run(ctx))
         timings[n] = round(time.perf_counter() - t0, 3)
+        cpu[n] = round(time.process_time() - c0, 3)
         if progress == "log":
             st, _reason = results[-1].status
             log_line(f"[{i}/{len(names)}] {n}: done in {timings[n]:.1f} s ({st})")
     timings["total"] = round(time.perf_counter() - start, 3)
+    cpu["total"] = round(time.process_time() - cpu_start, 3)
     metrics: dict[str, Any] = {
         "data": data.summary(),
         "seed": seed,
@@ -258,6 +261,7 @@ def _run(names, dataset, target, seed, quick, dev, out, preset, progress, thread
         "versions": _versions(),
         "torch_threads": threads,
         "seconds": timings,
+        "cpu_seconds": cpu,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     result = LabResult(results, metrics, config)

@@ -10,10 +10,11 @@ On the lab's training set this experiment shows the eigenvalues of the lecture's
 ReLU NTK ``H`` (:func:`ntkit.theory.two_layer_ntk`), the share of ``‖y‖²`` captured by the top
 eigenvectors for true and for random labels, and the loss curve predicted from the spectrum
 against the one measured on the real net trained by full-batch gradient descent
-(``torch.optim.SGD``, no momentum) with ``η = n/λ_max(H)``, and the closed-form curve of its
-linearization (Lee et al. 2019) from the net's own initial kernel ``K_0`` — what training
-:func:`ntkit.linearize.linearize` gives exactly (tested in ``tests/test_linearize*.py``), at
-no training cost.
+(no momentum; the nets for true and random labels trained together by
+:func:`ntkit.lab.batched.train_two_layer`, in float32) with ``η = n/λ_max(H)``, and the
+closed-form curve of its linearization (Lee et al. 2019) from the net's own initial kernel
+``K_0`` — what training :func:`ntkit.linearize.linearize` gives exactly (tested in
+``tests/test_linearize*.py``), at no training cost.
 As in ``random-labels``, the nets' initial outputs are subtracted (``f = h − h_0``: targets
 ``y + h_0(X)``), so that the initial residual is ``y`` itself and its projections on the
 eigenvectors are the ones plotted.
@@ -27,20 +28,26 @@ import torch
 from ..predict import loss_curve
 from ..theory import two_layer_finite_ntk, two_layer_ntk
 from . import readings as R
+from .batched import train_two_layer
 from .context import Context
 from .corrupted import corrupted_labels
 from .numbers import fmt, r, rl
 from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
-from .training import lecture_learning_rate, lecture_net, train_mse
+from .training import lecture_learning_rate, lecture_net
 
 TITLE = "Spectrum: the NTK's eigenvalues predict the training curve (Arora et al. 2019)"
 MIN_TRAIN = 20
 MIN_TEST = 0
 #: Fractions of the spectrum at which the captured share of ‖y‖² is reported.
 TOP_FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5)
+#: The dtype in which the nets of ``spectrum`` train (the loss curves compared differ by
+#: percents; float32 rounding is far below).
+SPECTRUM_DTYPE = torch.float32
 
 
-def _curves(ctx: Context, H: torch.Tensor, y: torch.Tensor, lr: float, label: str) -> dict:
+def _curves(ctx: Context, H: torch.Tensor, ys: dict[str, torch.Tensor], lr: float) -> dict:
+    """Loss curves for each label vector in ``ys``: predicted from ``H``, from the net's own
+    ``K_0`` (closed form), and measured on the nets (one initialization, trained together)."""
     data, s = ctx.data, ctx.sizes
     x = data.x_train
     steps = list(range(s.spectrum_steps + 1))
@@ -49,22 +56,26 @@ def _curves(ctx: Context, H: torch.Tensor, y: torch.Tensor, lr: float, label: st
         f0 = net(x)
     K0 = two_layer_finite_ntk(x, a=net.a.detach(), B=net.B.detach())
     # Centred outputs f = h − h_0: train on y + h_0(X), so the initial residual is y.
-    predicted = loss_curve(H, y, steps, learning_rate=lr).loss
-    predicted_k0 = loss_curve(K0, y, steps, learning_rate=lr).loss
-    with ctx.bar(s.spectrum_steps, f"training the net, {label}") as bar:
-        real = train_mse(net, x, y + f0, lr=lr, steps=s.spectrum_steps, bar=bar)
-    linear = predicted_k0.tolist()
-    pred = np.asarray(predicted.tolist())
-    lin_a, real_a = np.asarray(linear), np.asarray(real)
-    scale = pred[0]
-    return {
-        "predicted": rl(predicted, 6),
-        "predicted_from_K0": rl(predicted_k0, 6),
-        "net": rl(real, 6),
-        "max_gap_net_vs_predicted": r(np.max(np.abs(real_a - pred)) / scale),
-        "max_gap_K0_vs_predicted": r(np.max(np.abs(lin_a - pred)) / scale),
-        "max_gap_net_vs_K0": r(np.max(np.abs(real_a - lin_a)) / scale),
-    }
+    targets = torch.stack([y + f0 for y in ys.values()]).to(SPECTRUM_DTYPE)
+    with ctx.bar(s.spectrum_steps, f"training {len(ys)} nets ({', '.join(ys)} labels)") as bar:
+        res = train_two_layer(x, targets, net.a.detach().to(SPECTRUM_DTYPE),
+                              net.B.detach().to(SPECTRUM_DTYPE), lr=lr, steps=s.spectrum_steps, bar=bar)
+    out = {}
+    for (key, y), real in zip(ys.items(), res.losses):
+        predicted = loss_curve(H, y, steps, learning_rate=lr).loss
+        linear = loss_curve(K0, y, steps, learning_rate=lr).loss.tolist()
+        pred = np.asarray(predicted.tolist())
+        lin_a, real_a = np.asarray(linear), np.asarray(real)
+        scale = pred[0]
+        out[key] = {
+            "predicted": rl(predicted, 6),
+            "predicted_from_K0": rl(linear, 6),
+            "net": rl(real, 6),
+            "max_gap_net_vs_predicted": r(np.max(np.abs(real_a - pred)) / scale),
+            "max_gap_K0_vs_predicted": r(np.max(np.abs(lin_a - pred)) / scale),
+            "max_gap_net_vs_K0": r(np.max(np.abs(real_a - lin_a)) / scale),
+        }
+    return out
 
 
 def run(ctx: Context) -> ExperimentResult:
@@ -85,10 +96,7 @@ def run(ctx: Context) -> ExperimentResult:
         share[key] = {
             f"top_{f:g}": r(float(cumulative[key][max(1, round(f * n)) - 1])) for f in TOP_FRACTIONS
         }
-    curves = {
-        "true": _curves(ctx, H, y, lr, "true labels"),
-        "random": _curves(ctx, H, y_random, lr, "random labels"),
-    }
+    curves = _curves(ctx, H, {"true": y, "random": y_random}, lr)
     metrics = {
         "n": int(n),
         "width": s.spectrum_width,
