@@ -74,11 +74,17 @@ class Groups:
 
     ``index (N,)``: for every pair, the row of the weights tensor to use. ``order`` sorts
     the pairs by it, ``bounds`` lists ``(row, start, end)`` of each run in that order.
+    When the pairs already come in runs of equal rows (the left examples of the engine's
+    pair lists), ``order`` is ``None`` and the runs are used as they are (no gather and
+    scatter of the pair tensors).
     """
 
     def __init__(self, index: torch.Tensor) -> None:
-        self.order = torch.argsort(index, stable=True)
-        rows, counts = torch.unique_consecutive(index[self.order], return_counts=True)
+        rows, counts = torch.unique_consecutive(index, return_counts=True)
+        self.order = None  # the pairs' own order: runs of equal rows as they come
+        if rows.numel() > 2 * torch.unique(rows).numel():  # scattered: sort (gather + scatter)
+            self.order = torch.argsort(index, stable=True)
+            rows, counts = torch.unique_consecutive(index[self.order], return_counts=True)
         ends = counts.cumsum(0).tolist()
         starts = [0, *ends[:-1]]
         self.bounds = list(zip(rows.tolist(), starts, ends))
@@ -95,10 +101,12 @@ def sandwich(g: torch.Tensor, left: Groups, right: Groups, t: torch.Tensor) -> t
 
     def right_multiply(a: torch.Tensor, groups: Groups) -> torch.Tensor:
         """``a[k] @ g[groups_k]ᵀ`` for every ``k``."""
-        ordered = a[groups.order]
+        ordered = a.contiguous() if groups.order is None else a[groups.order]
         out = torch.empty_like(ordered)
         for row, s, e in groups.bounds:
             torch.matmul(ordered[s:e].reshape(-1, p), g[row].T, out=out[s:e].view(-1, p))
+        if groups.order is None:
+            return out
         result = torch.empty_like(out)
         result[groups.order] = out
         return result
@@ -256,10 +264,17 @@ class GlobalSelfAttention(Layer):
         b2 = 0.0 if self.b_std is None else self.b_std**2
         values = r if self.val_pos_emb else None
         mixed = weigh(flat, values).mul_(ov2)  # OV²·G nngp Gᵀ
-        nngp = mixed + b2
+        nngp = mixed + b2 if b2 else mixed
         ntk = None
-        if state.ntk is not None:
-            ntk = mixed * 2.0 + b2
+        if state.ntk is state.nngp and values is None:
+            # ntk = nngp (e.g. after the first Dense): OV²·G ntk Gᵀ is `mixed` itself.
+            ntk = mixed * 3.0
+            if b2:
+                ntk.add_(b2)
+        elif state.ntk is not None:
+            ntk = mixed * 2.0
+            if b2:
+                ntk.add_(b2)
             if not is_zero_constant(state.ntk) or values is not None:
                 ntk_flat = state.ntk.reshape(n, p, p)
                 if is_zero_constant(state.ntk):

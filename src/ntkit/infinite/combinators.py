@@ -114,6 +114,18 @@ def _branches(state: State, layer: Layer) -> tuple[KernelState, ...]:
     return state
 
 
+def _add_all(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The sum of ``tensors`` (same shape) in one new tensor: one pass per addition.
+
+    (The builtin ``sum`` starts from 0 and allocates a copy per term.)"""
+    if len(tensors) == 1:
+        return tensors[0]
+    total = tensors[0] + tensors[1]
+    for t in tensors[2:]:
+        total = total.add_(t) if not t.requires_grad else total + t
+    return total
+
+
 class FanInSum(Layer):
     """Sums the branches: ``nngp`` and ``ntk`` add.
 
@@ -141,12 +153,12 @@ class FanInSum(Layer):
                     "give every branch the same width"
                 )
         same_vars = all(s.var2 is s.var1 for s in states)
-        var1 = sum(s.var1 for s in states)
+        var1 = _add_all([s.var1 for s in states])
         return first.replace(
-            nngp=sum(s.nngp for s in states),
-            ntk=None if first.ntk is None else sum(s.ntk for s in states),
+            nngp=_add_all([s.nngp for s in states]),
+            ntk=None if first.ntk is None else _add_all([s.ntk for s in states]),
             var1=var1,
-            var2=var1 if same_vars else sum(s.var2 for s in states),
+            var2=var1 if same_vars else _add_all([s.var2 for s in states]),
             fresh=not_fresh == 0,
         )
 

@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import ParameterError, ShapeError
 from ..finite.normalization import LayerNormModule
 from .layers import Layer, Shape, State, require_single
-from .state import absent
+from .state import absent, is_zero_constant
 
 
 def _axes_tuple(axis) -> tuple[int, ...]:
@@ -136,7 +136,11 @@ class LayerNorm(Layer):
         scales = state.replace(var1=s1, var2=s2)
         factor = scales.q11() * scales.q22()
         nngp = state.nngp * factor
-        ntk = None if state.ntk is None else state.ntk * factor
+        ntk = None
+        if state.ntk is state.nngp:  # a shared kernel (e.g. after the first Dense) stays shared
+            ntk = nngp
+        elif state.ntk is not None:
+            ntk = state.ntk if is_zero_constant(state.ntk) else state.ntk * factor
         # Same rounding as the kernels (``nngp·(s1·s2)``), so that an example's covariance
         # with itself keeps its diagonal equal to its variance bit for bit.
         var1 = state.var1 * (s1 * s1)
