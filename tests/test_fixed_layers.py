@@ -151,3 +151,14 @@ def test_recursion_memory_error_names_the_alternative(monkeypatch):
     monkeypatch.setenv("NTKIT_MAX_OUTPUT", "1KiB")
     with pytest.raises(nk.errors.MemoryBudgetError, match="fix_layers"):
         next(mlp_kernels(np.ones((40, 2)), depths=[2], fix_layers=[0, 1]))
+
+
+def test_recursion_is_symmetric_on_near_duplicate_rows():
+    # Arc-cosine kernels turn a rounding-level asymmetry of x xᵀ near correlation 1 into ~√ε;
+    # the solvers refuse kernels asymmetric beyond rounding (found on unit-norm rows of data).
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 39))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    x = np.vstack([x, x[:20] + 1e-9 * rng.normal(size=(20, 39))])
+    for _, _, K in mlp_kernels(x, depths=[2, 5], fix_layers=[0, 3], activation="relu", W_std=2**0.5):
+        assert torch.equal(K, K.T)

@@ -81,6 +81,13 @@ def mlp_kernels(
                  f"{live} live {n1}×{n2} {x1.dtype} kernels of the depth recursion",
                  "fewer fix_layers values or fewer examples", x1.device)
     state = input_state(x1, x2, want_ntk=False, diagonal=False, full_spatial=False)
+    if x2 is None:
+        # x x^T from a matrix product is symmetric only to rounding, and the arc-cosine kernels
+        # amplify a rounding difference near correlation 1 to ~sqrt(eps): average the two halves
+        # (exactly symmetric: the sum commutes), every layer then maps it symmetrically.
+        nngp = (state.nngp + state.nngp.T) / 2
+        nngp.diagonal().copy_(state.var1)  # a point with itself keeps its variance bit for bit
+        state = state.replace(nngp=nngp)
     if get == "ntk":
         # One NTK per number of fixed layers, stacked on a leading axis: the layers' recursions
         # (nngp + W²·ntk, ntk·E[φ'φ']) broadcast over it.
