@@ -34,36 +34,6 @@ def _pattern(side: dict | None) -> torch.Tensor:
     return side["pattern"]
 
 
-def fold_leading_aggregate(layer: Layer, x1: torch.Tensor, x2: torch.Tensor | None,
-                           side1: dict | None, side2: dict | None):
-    """``(rest, x1 @ A1, x2 @ A2)`` when ``layer`` is a ``serial`` that starts with ``Aggregate``.
-
-    The input kernel is the Gram ``x1ᵀ x2 / C`` per pair of examples and Aggregate maps it to
-    ``A1ᵀ (x1ᵀ x2 / C) A2 = (x1 A1)ᵀ (x2 A2) / C``: the kernel of the aggregated features. So
-    the engine aggregates the features once (``n·C·N²``) instead of two ``N×N×N`` products
-    per pair. Shapes: ``x (n, C, N)``, patterns ``(n, N, N)`` in the sides. Returns
-    ``(layer, x1, x2)`` unchanged when there is nothing to fold (no pattern, not node
-    features, or an architecture of Aggregates only).
-    """
-    from .combinators import SerialLayer
-
-    if not isinstance(layer, SerialLayer) or x1.ndim != 3:
-        return layer, x1, x2
-    layers = list(layer.layers)
-    count = 0
-    while count < len(layers) and isinstance(layers[count], Aggregate):
-        count += 1
-    if count == 0 or count == len(layers) or not side1 or "pattern" not in side1:
-        return layer, x1, x2
-    if x2 is not None and (not side2 or "pattern" not in side2):
-        return layer, x1, x2
-    for _ in range(count):
-        x1 = torch.bmm(x1, side1["pattern"].to(x1.dtype))
-        if x2 is not None:
-            x2 = torch.bmm(x2, side2["pattern"].to(x2.dtype))
-    return SerialLayer(layers[count:]), x1, x2
-
-
 class Aggregate(Layer):
     """Sum over each node's predecessors in a graph given at call time (module docstring).
 

@@ -26,14 +26,27 @@ import torch
 from ..errors import ShapeError
 from ..kernel import Kernel
 from ..tiling import chunk_pairs, grid
-from .state import KernelState
+from .state import Features, KernelState
 
 
-def fold_leading_aggregate(layer, x1, x2, side1, side2):
-    """:func:`ntkit.infinite.graph.fold_leading_aggregate` (imported late: graph imports layers)."""
-    from .graph import fold_leading_aggregate as fold
+def fold(layer, x1, x2, side1, side2):
+    """``(rest, features1, features2)``: the architecture's linear prefix applied to each
+    example's features once (:mod:`ntkit.infinite.folding`), or the arguments unchanged.
 
-    return fold(layer, x1, x2, side1, side2)
+    ``rest`` is ``None`` when the whole architecture folds; ``x2=None`` stays ``None``."""
+    from .folding import fold_prefix  # late: folding imports the layer modules
+
+    f1, rest = fold_prefix(layer, x1, side1)
+    if f1 is None:
+        return layer, x1, x2
+    if x2 is None:
+        return rest, f1, None
+    f2, rest2 = fold_prefix(layer, x2, side2)
+    same = (rest is None and rest2 is None) or (
+        rest is not None and rest2 is not None and len(rest.layers) == len(rest2.layers))
+    if f2 is None or not same:
+        return layer, x1, x2
+    return rest, f1, f2
 
 # Kernel entries per chunk, at most (512 pairs of 8x8 images, 16 MiB per float64 tensor).
 # Larger chunks cut the self pairs' share (2/√pairs for square blocks) and the per-op
@@ -71,7 +84,7 @@ def pair_state(
         present[missing] = m + torch.arange(missing.numel(), device=device)
         left = torch.cat([ia, missing])
         right = torch.cat([ib, missing])
-        a, b = xa[left], xa[right]
+        a, b = _rows(xa, left), _rows(xa, right)
         side1, side2 = _take(side_a, left), _take(side_a, right)
         self1, self2 = present[left], present[right]
         is_self = left == right
@@ -81,19 +94,31 @@ def pair_state(
         pos_b = torch.full((xb.shape[0],), -1, dtype=torch.long, device=device)
         pos_a[ua] = m + torch.arange(ua.numel(), device=device)
         pos_b[ub] = m + ua.numel() + torch.arange(ub.numel(), device=device)
-        a = torch.cat([xa[ia], xa[ua], xb[ub]])
-        b = torch.cat([xb[ib], xa[ua], xb[ub]])
+        a = _cat_rows([_rows(xa, ia), _rows(xa, ua), _rows(xb, ub)])
+        b = _cat_rows([_rows(xb, ib), _rows(xa, ua), _rows(xb, ub)])
         side1 = _cat([_take(side_a, ia), _take(side_a, ua), _take(side_b, ub)])
         side2 = _cat([_take(side_b, ib), _take(side_a, ua), _take(side_b, ub)])
         self1 = torch.cat([pos_a[ia], pos_a[ua], pos_b[ub]])
         self2 = torch.cat([pos_b[ib], pos_a[ua], pos_b[ub]])
         is_self = torch.arange(a.shape[0], device=device) >= m
-    n, width, spatial = a.shape[0], a.shape[1], tuple(a.shape[2:])
-    p = math.prod(spatial)
-    af, bf = a.reshape(n, width, p), b.reshape(n, width, p)
-    nngp = torch.bmm(af.transpose(1, 2), bf).div_(width)
-    var1 = (af * af).sum(1).div_(width)
-    var2 = (bf * bf).sum(1).div_(width)
+    ntk = None
+    if isinstance(a, Features):  # a folded prefix (ntkit.infinite.folding): Gram matrices
+        n, width, spatial = a.nngp.shape[0], a.width, a.spatial
+        p = math.prod(spatial)
+        nngp = torch.bmm(a.nngp.transpose(1, 2), b.nngp)
+        var1 = (a.nngp * a.nngp).sum(1)
+        var2 = (b.nngp * b.nngp).sum(1)
+        if want_ntk and a.ntk is not None and a.ntk is not a.nngp:
+            ntk = torch.bmm(a.ntk.transpose(1, 2), b.ntk).reshape(n, *spatial, *spatial)
+        shared_ntk = want_ntk and a.ntk is a.nngp
+    else:
+        n, width, spatial = a.shape[0], a.shape[1], tuple(a.shape[2:])
+        p = math.prod(spatial)
+        af, bf = a.reshape(n, width, p), b.reshape(n, width, p)
+        nngp = torch.bmm(af.transpose(1, 2), bf).div_(width)
+        var1 = (af * af).sum(1).div_(width)
+        var2 = (bf * bf).sum(1).div_(width)
+        shared_ntk = False
     # An example with itself: the diagonal is its variance bit for bit (arc-cosine kernels
     # are not Lipschitz at correlation 1, so one ulp would grow to √ε).
     sel = is_self.nonzero().flatten()
@@ -102,7 +127,10 @@ def pair_state(
         nngp[sel[:, None], pos, pos] = var1[sel]
         var2[sel] = var1[sel]
     nngp = nngp.reshape(n, *spatial, *spatial)
-    ntk = nngp.new_zeros(()).expand(nngp.shape) if want_ntk else None
+    if shared_ntk:
+        ntk = nngp  # ntk = nngp (e.g. after a first Dense): shared, as the layers do
+    elif want_ntk and ntk is None:
+        ntk = nngp.new_zeros(()).expand(nngp.shape)  # no parameters before the input
     state = KernelState(
         nngp=nngp,
         ntk=ntk,
@@ -117,6 +145,15 @@ def pair_state(
         side2=side2,
     )
     return state, m
+
+
+def _rows(x, index: torch.Tensor):
+    """Examples ``index`` of inputs ``x (n, C, *S)`` or of folded :class:`Features`."""
+    return x.take(index) if isinstance(x, Features) else x[index]
+
+
+def _cat_rows(parts: list):
+    return parts[0].cat(parts[1:]) if isinstance(parts[0], Features) else torch.cat(parts)
 
 
 def _take(side: dict | None, index: torch.Tensor) -> dict | None:
@@ -134,7 +171,8 @@ def run_pairs(
 ) -> tuple[KernelState, int]:
     """The output state of ``layer`` on the pairs of :func:`pair_state`."""
     state, m = pair_state(xa, xb, ia, ib, want_ntk=want_ntk, side_a=side_a, side_b=side_b)
-    state = layer.apply_kernel(state)
+    if layer is not None:  # None: the whole architecture was folded into the inputs
+        state = layer.apply_kernel(state)
     if isinstance(state, tuple):
         raise ShapeError(
             f"the architecture ends with {len(state)} branches; merge them with "
@@ -217,7 +255,7 @@ def evaluate_pairs(
     per-example side information of ``x1``/``x2`` (e.g. masks).
     """
     sides = {"side_a": side1, "side_b": side1 if x2 is None else side2}
-    layer, x1, x2 = fold_leading_aggregate(layer, x1, x2, side1, side2)
+    layer, x1, x2 = fold(layer, x1, x2, side1, side2)
     entries = math.prod(x1.shape[2:]) ** 2
     max_pairs = max_chunk_pairs(per_pair, budget, entries)
     device = x1.device
@@ -264,7 +302,7 @@ def pair_block(
     ``nngp``/``ntk`` ``(ra, rb, *rest)``, ``var1 (ra, ...)``, ``var2 (rb, ...)``; with
     ``diagonal=True`` the pairs ``(a_i, b_i)``: ``(ra, *rest)``.
     """
-    layer, a, b = fold_leading_aggregate(layer, a, b, side_a, side_b)
+    layer, a, b = fold(layer, a, b, side_a, side_b)
     ra = a.shape[0]
     if diagonal:
         idx = torch.arange(ra, device=a.device)

@@ -154,3 +154,48 @@ def add_scaled(a: torch.Tensor, b: torch.Tensor, scale) -> torch.Tensor:
     if isinstance(scale, torch.Tensor) or abs(scale) > torch.finfo(b.dtype).max:
         return a + scale * b  # (an alpha outside the dtype's range is refused by torch.add)
     return torch.add(a, b, alpha=scale)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Features of a batch of examples whose Gram matrices are the kernels (module docstring).
+
+    ``nngp (n, K, P)``: ``nngp[i, j] = nngp_fᵢᵀ nngp_fⱼ`` (``P`` positions, flattened);
+    ``ntk (n, K', P)`` likewise, or ``None`` for a zero NTK. ``width``: the finite network's
+    channel count at this point; ``fresh``: as :class:`~ntkit.infinite.state.KernelState`.
+    """
+
+    nngp: torch.Tensor
+    ntk: torch.Tensor | None
+    width: int
+    spatial: tuple[int, ...]
+    fresh: bool = False
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(n, width, *spatial)``: the shape of the inputs these features stand for."""
+        return (self.nngp.shape[0], self.width, *self.spatial)
+
+    @property
+    def device(self) -> torch.device:
+        return self.nngp.device
+
+    def take(self, index: torch.Tensor) -> Features:
+        """The examples at ``index`` (a shared NTK stays shared)."""
+        nngp = self.nngp[index]
+        ntk = nngp if self.ntk is self.nngp else (None if self.ntk is None else self.ntk[index])
+        return dataclasses.replace(self, nngp=nngp, ntk=ntk)
+
+    def cat(self, others: list[Features]) -> Features:
+        """These examples followed by those of ``others`` (same layout)."""
+        parts = [self, *others]
+        nngp = torch.cat([p.nngp for p in parts])
+        if all(p.ntk is p.nngp for p in parts):
+            ntk = nngp
+        elif any(p.ntk is None for p in parts):
+            ntk = None if all(p.ntk is None for p in parts) else torch.cat(
+                [p.ntk if p.ntk is not None else p.nngp.new_zeros(p.nngp.shape[0], 1, p.nngp.shape[2])
+                 for p in parts])
+        else:
+            ntk = torch.cat([p.ntk for p in parts])
+        return dataclasses.replace(self, nngp=nngp, ntk=ntk)
