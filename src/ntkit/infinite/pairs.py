@@ -84,7 +84,10 @@ def pair_state(
         present[missing] = m + torch.arange(missing.numel(), device=device)
         left = torch.cat([ia, missing])
         right = torch.cat([ib, missing])
-        a, b = _rows(xa, left), _rows(xa, right)
+        if isinstance(xa, Features):
+            selfs = [(xa, missing)]
+        else:
+            a, b = xa[left], xa[right]
         side1, side2 = _take(side_a, left), _take(side_a, right)
         self1, self2 = present[left], present[right]
         is_self = left == right
@@ -94,23 +97,31 @@ def pair_state(
         pos_b = torch.full((xb.shape[0],), -1, dtype=torch.long, device=device)
         pos_a[ua] = m + torch.arange(ua.numel(), device=device)
         pos_b[ub] = m + ua.numel() + torch.arange(ub.numel(), device=device)
-        a = _cat_rows([_rows(xa, ia), _rows(xa, ua), _rows(xb, ub)])
-        b = _cat_rows([_rows(xb, ib), _rows(xa, ua), _rows(xb, ub)])
+        if isinstance(xa, Features):
+            selfs = [(xa, ua), (xb, ub)]
+        else:
+            a = torch.cat([xa[ia], xa[ua], xb[ub]])
+            b = torch.cat([xb[ib], xa[ua], xb[ub]])
         side1 = _cat([_take(side_a, ia), _take(side_a, ua), _take(side_b, ub)])
         side2 = _cat([_take(side_b, ib), _take(side_a, ua), _take(side_b, ub)])
         self1 = torch.cat([pos_a[ia], pos_a[ua], pos_b[ub]])
         self2 = torch.cat([pos_b[ib], pos_a[ua], pos_b[ub]])
-        is_self = torch.arange(a.shape[0], device=device) >= m
+        is_self = torch.arange(self1.shape[0], device=device) >= m
     ntk = None
-    if isinstance(a, Features):  # a folded prefix (ntkit.infinite.folding): Gram matrices
-        n, width, spatial = a.nngp.shape[0], a.width, a.spatial
+    if isinstance(xa, Features):  # a folded prefix (ntkit.infinite.folding): Gram matrices
+        fb = xa if xb is None else xb
+        n, width, spatial = self1.shape[0], xa.width, xa.spatial
         p = math.prod(spatial)
-        nngp = torch.bmm(a.nngp.transpose(1, 2), b.nngp)
-        var1 = (a.nngp * a.nngp).sum(1)
-        var2 = (b.nngp * b.nngp).sum(1)
-        if want_ntk and a.ntk is not None and a.ntk is not a.nngp:
-            ntk = torch.bmm(a.ntk.transpose(1, 2), b.ntk).reshape(n, *spatial, *spatial)
-        shared_ntk = want_ntk and a.ntk is a.nngp
+        nngp = _gram(xa.nngp, fb.nngp, ia, ib, [(f.nngp, idx) for f, idx in selfs])
+        var_a = (xa.nngp * xa.nngp).sum(1)
+        var_b = var_a if xb is None else (fb.nngp * fb.nngp).sum(1)
+        extra = [(var_a if f is xa else var_b)[idx] for f, idx in selfs]
+        var1 = torch.cat([var_a[ia], *extra])
+        var2 = torch.cat([var_b[ib], *extra])
+        if want_ntk and xa.ntk is not None and xa.ntk is not xa.nngp:
+            ntk = _gram(xa.ntk, fb.ntk, ia, ib, [(f.ntk, idx) for f, idx in selfs])
+            ntk = ntk.reshape(n, *spatial, *spatial)
+        shared_ntk = want_ntk and xa.ntk is xa.nngp
     else:
         n, width, spatial = a.shape[0], a.shape[1], tuple(a.shape[2:])
         p = math.prod(spatial)
@@ -147,13 +158,31 @@ def pair_state(
     return state, m
 
 
-def _rows(x, index: torch.Tensor):
-    """Examples ``index`` of inputs ``x (n, C, *S)`` or of folded :class:`Features`."""
-    return x.take(index) if isinstance(x, Features) else x[index]
+def _gram(fa: torch.Tensor, fb: torch.Tensor, ia: torch.Tensor, ib: torch.Tensor,
+          selfs: list) -> torch.Tensor:
+    """``(N, P, P)``: ``fa[ia[k]]ᵀ fb[ib[k]]`` for the pairs, then ``f[i]ᵀ f[i]`` for each
+    ``(f, index)`` of ``selfs`` (features ``(n, K, P)``).
 
-
-def _cat_rows(parts: list):
-    return parts[0].cat(parts[1:]) if isinstance(parts[0], Features) else torch.cat(parts)
+    When the pairs fill most of the grid of their distinct examples (the engine's square
+    blocks and triangles), all of them meet in one matrix product (``ua`` rows by ``ub``
+    columns) from which the pairs are gathered: no features gathered per pair and one
+    large product instead of many small ones. Otherwise (e.g. the pairs ``(i, i)`` of
+    ``diagonal=True``) one small product per pair."""
+    ua, la = torch.unique(ia, return_inverse=True)
+    ub, lb = torch.unique(ib, return_inverse=True)
+    k, p = fa.shape[1], fa.shape[2]
+    if ua.numel() * ub.numel() <= 3 * ia.numel():
+        left = fa[ua].transpose(1, 2).reshape(-1, k)                 # (|ua|·P, K)
+        right = fb[ub].permute(1, 0, 2).reshape(k, -1)               # (K, |ub|·P)
+        block = (left @ right).view(ua.numel(), p, ub.numel(), p)
+        parts = [block[la, :, lb, :]]
+    else:
+        parts = [torch.bmm(fa[ia].transpose(1, 2), fb[ib])]
+    for f, index in selfs:
+        if index.numel():
+            g = f[index]
+            parts.append(torch.bmm(g.transpose(1, 2), g))
+    return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def _take(side: dict | None, index: torch.Tensor) -> dict | None:
