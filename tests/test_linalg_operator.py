@@ -176,15 +176,21 @@ def test_budget_too_small_for_one_tile(fc_data):
 def test_cache_auto_rule(fc_data):
     x, _ = fc_data
     arch = fc_arch()
-    assert KernelOperator(arch, x, memory_budget="64MiB").cached
-    op = KernelOperator(arch, x, memory_budget=150_000, tile=10)
+    # one tile in flight (the budget arithmetic below; with w workers each holds a tile)
+    one = {"backend": nk.linalg.LocalBackend(threads=1)}
+    assert KernelOperator(arch, x, memory_budget="64MiB", **one).cached
+    op = KernelOperator(arch, x, memory_budget=150_000, tile=10, **one)
     assert op.cached  # half of 130² float64 (68 kB) plus a 10×10 tile fits
-    op = KernelOperator(arch, x, memory_budget=60_000)
+    op = KernelOperator(arch, x, memory_budget=60_000, **one)
     assert not op.cached  # the upper half alone does not fit
     # without a tile: caching shrinks the tile to make room (down to 64)
-    op = KernelOperator(arch, x, memory_budget=1_000_000)
-    assert op.cached and 64 <= op.tile < KernelOperator(arch, x, memory_budget=1_000_000, cache=False).tile
-    assert not KernelOperator(arch, x, memory_budget=150_000).cached  # a 64×64 tile would not fit
+    op = KernelOperator(arch, x, memory_budget=1_000_000, **one)
+    assert op.cached and 64 <= op.tile < KernelOperator(arch, x, memory_budget=1_000_000, cache=False,
+                                                        **one).tile
+    assert not KernelOperator(arch, x, memory_budget=150_000, **one).cached  # a 64×64 tile would not fit
+    # with two workers, two tiles are in flight beside the cache
+    two = KernelOperator(arch, x, memory_budget=150_000, tile=10, backend=nk.linalg.LocalBackend(threads=2))
+    assert two.threads == 2 and two.cached  # the cache (68 kB) plus two 10×10 tiles still fit
 
 
 def test_columns_pin_self_pairs(fc_data):
