@@ -92,3 +92,39 @@ def test_masks_and_tensor_hyperparameters_are_not_folded():
     w = torch.tensor(1.2, dtype=torch.float64, requires_grad=True)
     arch = nk.serial(nk.Dense(4, w), nk.LayerNorm(axis=1), nk.GlobalAvgPool())
     assert fold_prefix(arch, x, None)[0] is None
+
+
+def padded_graphs(n, nodes, seed):
+    """Graphs of 2..nodes nodes zero-padded to ``nodes`` (features ``(n, 3, N)``)."""
+    g = np.random.default_rng(seed)
+    x = np.zeros((n, 3, nodes))
+    a = np.zeros((n, nodes, nodes))
+    for i in range(n):
+        m = int(g.integers(2, nodes + 1))
+        x[i, :, :m] = g.standard_normal((3, m))
+        upper = np.triu(g.random((m, m)) < 0.5, 1)
+        a[i, :m, :m] = upper + upper.T + np.eye(m)
+    return torch.from_numpy(x), torch.from_numpy(a)
+
+
+def test_padded_graphs_at_their_own_sizes_equal_the_padded_evaluation():
+    from ntkit.infinite.graph_trim import trims_blank_nodes
+
+    x, a = padded_graphs(7, 12, seed=3)
+    y, b = padded_graphs(5, 12, seed=4)
+    block = [nk.Aggregate(), nk.Dense(8, 2**0.5), nk.ReLU(), nk.Dense(8, 2**0.5), nk.ReLU()]
+    arch = nk.serial(*block, *block, nk.GlobalSumPool(), nk.Dense(1))
+    # GlobalAvgPool (a mean over all 12 positions) then Dense(W_std = 12) is the same kernel,
+    # but its mean counts the padding, so it is evaluated on the padded graphs as given.
+    padded = nk.serial(*block, *block, nk.GlobalAvgPool(), nk.Dense(1, W_std=12.0))
+    assert trims_blank_nodes(arch) and not trims_blank_nodes(padded)
+    with_bias = nk.serial(nk.Aggregate(), nk.Dense(8, 1.0, 0.1), nk.ReLU(), nk.GlobalSumPool())
+    assert not trims_blank_nodes(with_bias)
+    for args, kw in (((x,), {"pattern1": a}), ((x, y), {"pattern1": a, "pattern2": b})):
+        k, ref = arch.kernel(*args, **kw), padded.kernel(*args, **kw)
+        for field in ("nngp", "ntk"):
+            torch.testing.assert_close(k.get(field), ref.get(field), rtol=1e-12, atol=1e-13)
+        torch.testing.assert_close(k.var1, ref.var1, rtol=1e-12, atol=1e-13)
+    for args, kw in (((x,), {"pattern1": a}), ((x[:5], y), {"pattern1": a[:5], "pattern2": b})):
+        d, ref = arch.kernel(*args, diagonal=True, **kw), padded.kernel(*args, diagonal=True, **kw)
+        torch.testing.assert_close(d.ntk, ref.ntk, rtol=1e-12, atol=1e-13)

@@ -19,6 +19,7 @@ from ..budget import check_output, format_bytes, parse_budget
 from ..errors import MemoryBudgetError, ShapeError
 from ..kernel import Kernel
 from ..tiling import CACHE_TILE_ENTRIES, Tile, assemble, grid, rect_blocks, square_side, tile_cap
+from .graph_trim import evaluate_trimmed
 from .pairs import evaluate_pairs, pair_block
 from .state import KernelState, swap_pair_axes
 
@@ -188,6 +189,14 @@ def evaluate(
     if layer.needs_full_spatial() and x1.ndim > 2:
         # A chunk holds at least one pair and the two self pairs it needs.
         check_budget(per_pair * (1 if x2 is None else 3), budget)
+
+        def block(xa, xb, sa, sb, diag):
+            return evaluate_pairs(layer, xa, xb, want_ntk=want_ntk, diagonal=diag, per_pair=per_pair,
+                                  budget=budget, side1=sa, side2=sb, want_nngp=want_nngp)
+
+        trimmed = evaluate_trimmed(layer, x1, x2, side1, side2, diagonal, block)
+        if trimmed is not None:  # padded graphs at their own sizes (ntkit.infinite.graph_trim)
+            return trimmed
         return evaluate_pairs(
             layer, x1, x2, want_ntk=want_ntk, diagonal=diagonal, per_pair=per_pair, budget=budget,
             side1=side1, side2=side2, want_nngp=want_nngp,
