@@ -101,8 +101,8 @@ def sandwich(g: torch.Tensor, left: Groups, right: Groups, t: torch.Tensor) -> t
 
     def right_multiply(a: torch.Tensor, groups: Groups) -> torch.Tensor:
         """``a[k] @ g[groups_k]ᵀ`` for every ``k``."""
-        ordered = a.contiguous() if groups.order is None else a[groups.order]
-        out = torch.empty_like(ordered)
+        ordered = (a if groups.order is None else a[groups.order]).contiguous()
+        out = torch.empty_like(ordered, memory_format=torch.contiguous_format)
         for row, s, e in groups.bounds:
             torch.matmul(ordered[s:e].reshape(-1, p), g[row].T, out=out[s:e].view(-1, p))
         if groups.order is None:

@@ -88,6 +88,13 @@ def safe_sqrt(x: torch.Tensor) -> torch.Tensor:
     return x.clamp(min=0).sqrt_()
 
 
+def _sqrt_fresh(x: torch.Tensor) -> torch.Tensor:
+    """:func:`safe_sqrt` of a temporary that nothing else holds: in place without autograd."""
+    if x.requires_grad:
+        return _SafeSqrt.apply(x)
+    return x.clamp_(min=0).sqrt_()
+
+
 def _pow2_scale(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(r, 1/r)`` with ``r = 2^-k`` exact, ``k = ⌊e/2⌋`` for ``p = m·2^e``: ``p·r² ∈ [1/2, 2)``.
 
@@ -162,7 +169,7 @@ def _root_det(
         finfo = torch.finfo(out_dtype)
         in_range = hi * hi < finfo.max / 4 and lo * lo > finfo.tiny * 2.0**50
         if not exact and not shift and in_range:
-            return safe_sqrt((q11 * q22).sub_(q12 * q12))
+            return _sqrt_fresh((q11 * q22).sub_(q12 * q12))
         return _root_det_low_precision(q11, q22, q12, shift, lo, hi)
     if not _needs_scaling(lo, hi):
         # Not addcmul: a fused multiply-add would round q11·q22 but not q12², so a point with
@@ -170,7 +177,7 @@ def _root_det(
         det = (q11 * q22).sub_(q12 * q12)
         if shift:
             det = det + shift * (q11 + q22) + shift * shift
-        return safe_sqrt(det).to(out_dtype)
+        return _sqrt_fresh(det).to(out_dtype)
     r1, i1 = _pow2_scale(q11 + shift)
     r2, i2 = _pow2_scale(q22 + shift)
     w1, w2 = r1 * r1, r2 * r2
@@ -241,7 +248,8 @@ def _angle(q11, q22, q12, root: torch.Tensor, span: tuple[float, float]) -> torc
     """:func:`angle` given ``root`` and ``span = _span(q11, q22)``."""
     theta = torch.atan2(root, q12)
     if not span[0] > 0:  # a zero variance somewhere (or NaN): ρ = 0 there
-        theta = torch.where((q11 > 0) & (q22 > 0), theta, math.pi / 2)
+        # In place, with the variances' own (broadcast) masks: no full-size mask.
+        theta.masked_fill_(~(q11 > 0), math.pi / 2).masked_fill_(~(q22 > 0), math.pi / 2)
     return theta
 
 
