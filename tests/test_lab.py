@@ -198,18 +198,16 @@ def test_interrupt_from_the_cli_leaves_the_previous_report(previous, monkeypatch
 
 def test_failure_while_writing_leaves_the_previous_report(previous, monkeypatch):
     out, before = previous
-    from ntkit.lab import report
-
-    real = report.png_bytes
+    real = Path.write_bytes
     calls = {"n": 0}
 
-    def failing(fig):
+    def failing(self, data):  # the disk fills up at the second figure written
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError(28, "No space left on device")
-        return real(fig)
+        return real(self, data)
 
-    monkeypatch.setattr(report, "png_bytes", failing)
+    monkeypatch.setattr(Path, "write_bytes", failing)
     with pytest.raises(NtkitError, match=r"No space left on device.*choose a writable folder"):
         lab.run(["lazy"], quick=True, sizes=TINY, out=out)
     assert _snapshot(out) == before

@@ -93,3 +93,20 @@ def test_module_stack_equals_one_sgd_loop_per_copy():
     torch.testing.assert_close(torch.tensor(shared.losses[1]), torch.tensor(one), rtol=1e-10, atol=1e-12)
     with pytest.raises(ShapeError):
         train_stack(_small_cnn(7), x[:, :5], y, lr=0.5, steps=1, stacked_x=True)
+
+
+def test_linearized_losses_equal_sgd_on_a_linear_model_with_that_kernel():
+    from ntkit.lab.fits import linearized_losses
+
+    g = torch.Generator().manual_seed(5)
+    feats = torch.randn(N, 3 * N, generator=g, dtype=torch.float64) / N
+    K = feats @ feats.T  # the kernel of the linear model f = feats · w
+    y = torch.sign(torch.randn(2, N, generator=g, dtype=torch.float64))
+    kw = {"lr": 0.7 * N / float(torch.linalg.eigvalsh(K)[-1]), "momentum": 0.9, "steps": 80}
+    got = linearized_losses(K, y, stop_below=1e-3, **kw)
+    for c in range(2):
+        lin = torch.nn.Linear(3 * N, 1, bias=False).double()
+        torch.nn.init.zeros_(lin.weight)  # f_0 = 0: the residual starts at −y, as in the fits
+        ref = train_mse(lin, feats, y[c], stop_below=1e-3, **kw)
+        assert 3 < len(ref) < 81
+        torch.testing.assert_close(torch.tensor(got[c]), torch.tensor(ref), rtol=1e-9, atol=1e-12)

@@ -118,8 +118,8 @@ def test_sigterm_while_writing_leaves_no_temporary_folder(tmp_path):
         from ntkit import lab
         from ntkit.lab import report
         real = report._write_files
-        def slow(result, folder):
-            real(result, folder)
+        def slow(*args):
+            real(*args)
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)
         report._write_files = slow

@@ -107,6 +107,49 @@ def train_conditions(ctx: Context, fractions: Sequence[float] = (), variants: Se
         ctx.cache[key] = fit
 
 
+def linearized_losses(K: torch.Tensor, ys: torch.Tensor, *, lr: float, momentum: float, steps: int,
+                      stop_below: float | None = None) -> list[list[float]]:
+    """Loss curves of the fits' recipe on the *linearized* model with kernel ``K``, in closed form.
+
+    In the lazy regime (Jacot et al. 2018; Lee et al. 2019) the residual ``r = f − y`` of
+    heavy-ball gradient descent on ``(1/2n)‖f − y‖²`` (``torch.optim.SGD``: ``u ← μu + Kr/n``,
+    ``r ← r − ηu``) evolves independently along each eigenvector of ``K`` (Arora et al. 2019,
+    Thm 4.1, for ``μ = 0``): one eigendecomposition, then two numbers per eigenvalue and step.
+    The fits subtract the initial outputs, so ``r_0 = −y``.
+
+    Args:
+        K: ``(n, n)`` kernel on the training inputs (float64).
+        ys: ``(C, n)`` label vectors.
+        lr, momentum, steps, stop_below: the recipe (:func:`train_conditions`).
+
+    Returns:
+        Per label vector, the loss before each step (``steps + 1`` values, or up to the first
+        one below ``stop_below``), as in :class:`ntkit.lab.batched.StackResult`.
+    """
+    n = K.shape[0]
+    lam, V = torch.linalg.eigh(K.double())
+    rate = lam.clamp_min(0) / n
+    r = ys.double() @ V  # the residual along each eigenvector (its sign does not matter)
+    u = torch.zeros_like(r)
+    out: list[list[float]] = [[] for _ in range(ys.shape[0])]
+    live = list(range(ys.shape[0]))
+    for k in range(steps + 1):
+        loss = 0.5 * (r * r).sum(dim=1) / n
+        keep = []
+        for i, v in enumerate(loss.tolist()):
+            out[live[i]].append(v)
+            if k < steps and (stop_below is None or v >= stop_below):
+                keep.append(i)
+        if not keep:
+            break
+        if len(keep) < len(live):
+            idx = torch.tensor(keep)
+            r, u, live = r[idx], u[idx], [live[i] for i in keep]
+        u = momentum * u + rate * r
+        r = r - lr * u
+    return out
+
+
 def corrupted_fit(ctx: Context, fraction: float) -> dict[str, Any]:
     """A net fitted to labels of which ``fraction`` were re-drawn at random
     (:func:`~ntkit.lab.corrupted.corrupted_labels`; memoized in ``ctx.cache``, trained by

@@ -28,13 +28,17 @@ corruption at all but one step and never fall to be called the trend of Fig. 1b.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+import torch
 
 from . import readings as R
 from .context import Context
-from .fits import corrupted_fit, learning_rate, train_conditions, variant_fit
+from .fits import corrupted_fit, learning_rate, linearized_losses, train_conditions, variant_fit
 from .numbers import fmt, r, rl
 from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
+from .training import steps_to_fit
 
 TITLE = "Random labels: fitting noise takes longer (Zhang et al. 2017)"
 MIN_TRAIN = 20
@@ -89,6 +93,12 @@ def run(ctx: Context) -> ExperimentResult:
         "fitted_all": all(f["steps_to_fit"] is not None for f in fits)
         and all(c["steps_to_fit"] is not None for c in conditions.values()),
     }
+    # The same recipe on the linearized model with the infinite-width NTK (closed form):
+    # what the kernel regime predicts for the steps to fit (Arora et al. 2019, Thm 4.1).
+    K = ctx.model.kernel_cached(data.x_train, ctx.cache)
+    lin = linearized_losses(K, torch.stack([f["labels"] for f in fits]), lr=learning_rate(ctx),
+                            momentum=s.rl_momentum, steps=s.rl_max_steps, stop_below=s.rl_threshold)
+    metrics["steps_to_fit_kernel"] = [steps_to_fit(v, s.rl_threshold) for v in lin]
     names = condition_labels(data.unit)
     claims_a = _claims_conditions(metrics, names, ctx.model.name, data.unit)
     claims_b = _claims_steps(metrics)
@@ -167,8 +177,21 @@ def _claims_conditions(m: dict, names: dict[str, str], arch: str, unit: str) -> 
 
 
 def _claims_steps(m: dict) -> list[R.Claim]:
-    return [R.monotone([100 * f for f in m["fractions"]], m["steps_to_fit"],
-                       "the number of steps to fit against the corruption (%)", paper=ZHANG_B)]
+    claims = [R.monotone([100 * f for f in m["fractions"]], m["steps_to_fit"],
+                         "the number of steps to fit against the corruption (%)", paper=ZHANG_B)]
+    kernel = m["steps_to_fit_kernel"]
+    levels = ", ".join(f"{f:.0%}" for f in m["fractions"])
+    known = [k for k in kernel if k is not None]
+    if len(known) == len(kernel):
+        shape = ("rising at every step" if all(b > a for a, b in itertools.pairwise(known)) else
+                 "not rising at every step")
+    else:
+        shape = "not reaching the threshold at every level"
+    claims.append(R.note(
+        f"Under the same recipe the linearized net with the infinite-width NTK (closed form: the "
+        f"lazy regime, dashed) would take {', '.join(_steps(k) for k in kernel)} steps at corruption "
+        f"{levels} ({shape}); the finite net took {', '.join(_steps(k) for k in m['steps_to_fit'])}."))
+    return claims
 
 
 def _claims_error(m: dict) -> list[R.Claim]:
@@ -228,13 +251,17 @@ def _figure_steps(m: dict, claims: list[R.Claim]) -> LabFigure:
     fr = np.asarray(m["fractions"], float)
     steps = np.asarray([np.nan if k is None else k for k in m["steps_to_fit"]], float)
     ax.plot(fr, steps, "o-", label="reached the threshold")
+    kernel = np.asarray([np.nan if k is None else k for k in m["steps_to_fit_kernel"]], float)
+    ax.plot(fr, kernel, "s--", color="gray", ms=4, label="linearized, infinite-width NTK")
     missing = np.isnan(steps)
     if missing.any():
         ax.plot(fr[missing], np.full(missing.sum(), m["max_steps"]), "x", color="C3", ms=9,
                 label=f"not reached within {m['max_steps']} steps")
     ax.set_xlabel("fraction of labels re-drawn at random")
     ax.set_ylabel(f"steps until training loss < {m['threshold']:g}")
-    top = max(np.nanmax(steps) if (~missing).any() else 0, m["max_steps"] if missing.any() else 1)
+    finite_kernel = kernel[np.isfinite(kernel)]
+    top = max(np.nanmax(steps) if (~missing).any() else 0, m["max_steps"] if missing.any() else 1,
+              finite_kernel.max() if finite_kernel.size else 0)
     ax.set_ylim(0, 1.1 * top)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")

@@ -141,15 +141,20 @@ def _terminate_as_exit():
         signal.signal(signal.SIGTERM, previous)
 
 
-def write_report(result: LabResult, out: str | os.PathLike[str]) -> Path:
-    """Write the report of ``result`` into the folder ``out`` (atomically; see module doc)."""
+def write_report(result: LabResult, out: str | os.PathLike[str],
+                 images: dict[str, bytes] | None = None) -> Path:
+    """Write the report of ``result`` into the folder ``out`` (atomically; see module doc).
+
+    ``images``: PNG bytes of some figures, by name, already drawn (:mod:`ntkit.lab.render`);
+    the others are drawn here by :func:`png_bytes`.
+    """
     out = destination(out)
     _check_destination(out)
     with _terminate_as_exit():
-        return _write_atomically(result, out)
+        return _write_atomically(result, out, images or {})
 
 
-def _write_atomically(result: LabResult, out: Path) -> Path:
+def _write_atomically(result: LabResult, out: Path, images: dict[str, bytes]) -> Path:
     tmp: Path | None = None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +162,7 @@ def _write_atomically(result: LabResult, out: Path) -> Path:
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the report is an ordinary folder
-        _write_files(result, tmp)
+        _write_files(result, tmp, images)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             old.rmdir()
@@ -182,12 +187,12 @@ def _write_atomically(result: LabResult, out: Path) -> Path:
     return out
 
 
-def _write_files(result: LabResult, folder: Path) -> None:
+def _write_files(result: LabResult, folder: Path, drawn: dict[str, bytes]) -> None:
     (folder / "figures").mkdir()
     images: dict[str, bytes] = {}
     for exp in result.experiments:
         for fig in exp.figures:
-            data = png_bytes(fig.figure)
+            data = drawn.get(fig.name) or png_bytes(fig.figure)
             images[fig.name] = data
             (folder / "figures" / f"{fig.name}.png").write_bytes(data)
     (folder / "metrics.json").write_text(json.dumps(result.metrics, indent=1, allow_nan=False) + "\n")

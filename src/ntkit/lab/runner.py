@@ -200,6 +200,18 @@ def run(
 
 
 def _run(names, dataset, target, seed, quick, dev, out, preset, progress, threads, opts) -> LabResult:
+    if out is None:
+        return _run_experiments(names, dataset, target, seed, quick, dev, out, preset, progress, threads,
+                                opts, None)
+    from .render import Renderer
+
+    with Renderer() as renderer:  # draws each experiment's figures while the next one runs
+        return _run_experiments(names, dataset, target, seed, quick, dev, out, preset, progress, threads,
+                                opts, renderer)
+
+
+def _run_experiments(names, dataset, target, seed, quick, dev, out, preset, progress, threads, opts,
+                     renderer) -> LabResult:
     start, cpu_start = time.perf_counter(), time.process_time()
     data = prepare(dataset, preset, seed, dev, target=target, classes=opts["classes"],
                    standardize=opts["standardize"], image_shape=opts["image_shape"])
@@ -228,6 +240,9 @@ def _run(names, dataset, target, seed, quick, dev, out, preset, progress, thread
         results.append(modules[n].run(ctx))
         timings[n] = round(time.perf_counter() - t0, 3)
         cpu[n] = round(time.process_time() - c0, 3)
+        if renderer is not None:
+            for fig in results[-1].figures:
+                renderer.submit(fig.name, fig.figure)
         if progress == "log":
             st, _reason = results[-1].status
             log_line(f"[{i}/{len(names)}] {n}: done in {timings[n]:.1f} s ({st})")
@@ -268,7 +283,8 @@ def _run(names, dataset, target, seed, quick, dev, out, preset, progress, thread
     if out is not None:
         from .report import write_report
 
-        result.out = write_report(result, out)
+        figures = {fig.name: fig.figure for exp in results for fig in exp.figures}
+        result.out = write_report(result, out, renderer.images(figures) if renderer is not None else None)
     return result
 
 
