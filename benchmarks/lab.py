@@ -2,7 +2,9 @@
 
 Each case runs ``ntkit lab`` in a fresh subprocess (so imports count, as for a user) and
 reports the wall time, the CPU time of the process (user + system, from ``getrusage`` of
-the child: on a shared machine this is the better measure of the work done), the load
+the children: the lab and the helper process that draws its figures; on a shared machine
+this is the better measure of the work done), the CPU seconds of each experiment in the
+lab's own process (``config.json``'s ``cpu_seconds``, when the version records them), the load
 average before and after (other jobs on the machine inflate the wall time), and where the
 time went (``config.json``'s ``seconds``: data preparation and each experiment; the rest is
 start-up — importing torch and matplotlib — and writing the report).
@@ -56,6 +58,7 @@ def run_case(name: str, args: list[str], threads: int) -> dict:
         "load_before": round(load0, 1),
         "load_after": round(os.getloadavg()[0], 1),
         "seconds": cfg["seconds"],
+        "cpu_seconds": cfg.get("cpu_seconds"),  # in the lab's own process, per experiment
         "status": {k: v["status"] for k, v in metrics["status"].items()},
     }
 
@@ -74,6 +77,10 @@ def main() -> None:
         print(f"{name:10s} wall {res['wall_s']:7.1f} s  cpu {res['cpu_s']:7.1f} s  "
               f"load {res['load_before']}→{res['load_after']}  | run {inside['total']:.1f} s ({parts}); "
               f"start-up + writing {startup:.1f} s | {res['status']}")
+        if res["cpu_seconds"]:
+            cpu = res["cpu_seconds"]
+            print(f"{'':10s} cpu in run {cpu['total']:.1f} s (" + ", ".join(
+                f"{k} {v:.1f}" for k, v in cpu.items() if k != "total") + ")")
 
 
 if __name__ == "__main__":
