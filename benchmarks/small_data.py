@@ -88,6 +88,8 @@ RECIPES = {
                     "Cs": (0.1, 1.0, 10.0, 100.0)}),
     "svm-sphere": (True, {"depths": (1, 2, 3, 4, 5), "fix_layers": (0, 1, 2, 3), "solver": "svm",
                           "Cs": (0.1, 1.0, 10.0, 100.0), "b_std": None}),
+    "svm-relu-erf": (False, {"depths": (1, 2, 3, 4, 5), "fix_layers": (0, 1, 2, 3), "solver": "svm",
+                             "Cs": (0.1, 1.0, 10.0, 100.0), "activations": ("relu", "erf")}),
     "ridge": (False, {"depths": (1, 2, 3, 4, 5), "fix_layers": (0, 1, 2, 3),
                       "ridges": (1e-4, 1e-3, 1e-2, 0.1, 1.0)}),
     "ridge-sphere": (True, {"depths": (1, 2, 3, 4, 5), "fix_layers": (0, 1, 2, 3),
