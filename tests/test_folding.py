@@ -128,3 +128,19 @@ def test_padded_graphs_at_their_own_sizes_equal_the_padded_evaluation():
     for args, kw in (((x,), {"pattern1": a}), ((x[:5], y), {"pattern1": a[:5], "pattern2": b})):
         d, ref = arch.kernel(*args, diagonal=True, **kw), padded.kernel(*args, diagonal=True, **kw)
         torch.testing.assert_close(d.ntk, ref.ntk, rtol=1e-12, atol=1e-13)
+
+
+def test_dense_before_global_avg_pool_is_applied_after_it():
+    """serial's reordering of Dense → GlobalAvgPool (the mean of an affine map of every entry)
+    against the same net with an Identity in between (evaluated in the given order)."""
+    g = np.random.default_rng(5)
+    x = torch.from_numpy(g.standard_normal((4, 3, 5)))
+    head = [nk.Conv(6, 3, W_std=1.3, b_std=0.2), nk.ReLU()]
+    for dense in (nk.Dense(6, 1.7, 0.4), nk.Dense(6, 1.2, 0.3, parameterization="standard")):
+        arch = nk.serial(*head, dense, nk.GlobalAvgPool(), nk.Dense(1))
+        ref = nk.serial(*head, dense, nk.Identity(), nk.GlobalAvgPool(), nk.Dense(1))
+        for field in ("nngp", "ntk"):
+            for diagonal in (False, True):
+                torch.testing.assert_close(arch.kernel(x, get=field, diagonal=diagonal),
+                                           ref.kernel(x, get=field, diagonal=diagonal),
+                                           rtol=1e-12, atol=1e-14)

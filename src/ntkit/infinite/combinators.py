@@ -12,6 +12,7 @@ from ..finite.combinators import FanInConcatModule, FanInSumModule, FanOutModule
 from .activations import activation_from_name
 from .dense import Dense
 from .layers import Layer, State, require_single
+from .pooling import GlobalAvgPool
 from .state import KernelState
 
 
@@ -33,8 +34,21 @@ class SerialLayer(Layer):
         self.layers = _check_layers(layers, "serial")
 
     def apply_kernel(self, state: State) -> State:
-        for layer in self.layers:
+        layers = list(self.layers)
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            following = layers[i + 1] if i + 1 < len(layers) else None
+            if (type(layer) is Dense and type(following) is GlobalAvgPool
+                    and isinstance(state, KernelState) and state.full_spatial and state.diagonal):
+                # Dense is the same affine map of every entry and a mean has weights summing
+                # to 1, so mean(w²·K + b²) = w²·mean(K) + b²: pooling first applies Dense to
+                # one number per pair instead of the full spatial covariance (same kernel).
+                state = layer.apply_kernel(following.apply_kernel(state))
+                i += 2
+                continue
             state = layer.apply_kernel(state)
+            i += 1
         return state
 
     def build_module(self, in_shape, generator, dtype):
