@@ -131,8 +131,8 @@ def test_invalid_grids_raise():
 
 
 @parametrize_with_checks([
-    NTKClassifierCV(depths=(1, 2), ridges=(1e-3, 1e-1), cv=2),
-    NTKRegressorCV(depths=(1, 3), fix_layers=(0, 1), ridges=(1e-3, 1e-1), cv=2),
+    NTKClassifierCV(depths=(2,), ridges=(1e-2,), cv=2),  # small grids: the contract, not the search
+    NTKRegressorCV(depths=(1, 2), fix_layers=(0, 1), ridges=(1e-2,), cv=2),
 ])
 def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
