@@ -6,7 +6,8 @@ GlobalAvgPool - Dense(1)`` on ``n`` random sequences of 8 features and length ``
 (standard normal, seed 0), NNGP + NTK with ``x2=None``. ntkit takes ``(n, 8, T)``
 (channels first), neural-tangents ``(n, T, 8)`` (its default NWC layout).
 
-Each case runs in a fresh subprocess (clean peak RSS): ntkit, then neural-tangents. Reported:
+Each case runs in a fresh subprocess (clean peak RSS): ntkit, then neural-tangents, ``--alternate``
+times (the median of the alternations and each one's ratio are reported). Reported:
 the median of ``--repeats`` timings after one warm-up call (neural-tangents' warm-up includes
 jit compilation, not timed; ntkit warms up on 4 sequences), the peak resident size of the
 process (``ru_maxrss``: Python, torch/jax, inputs and outputs included) and, when both ran,
@@ -109,6 +110,15 @@ def run_case(python: Path, template: str, memory_gb: float | None = None, env: d
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run of median time (peak RSS: the largest), or the first error."""
+    good = [r for r in runs if "seconds" in r]
+    if not good:
+        return runs[0]
+    good.sort(key=lambda r: r["seconds"])
+    return {"seconds": good[len(good) // 2]["seconds"], "peak_rss": max(r["peak_rss"] for r in good)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[200])
@@ -116,6 +126,9 @@ def main() -> None:
     parser.add_argument("--dtype", nargs="+", default=["float32", "float64"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for ntkit")
+    parser.add_argument("--alternate", type=int, default=1,
+                        help="run ntkit and neural-tangents this many times each, alternating "
+                             "(medians and per-alternation ratios: for a shared machine)")
     parser.add_argument("--no-nt", action="store_true", help="skip neural-tangents")
     parser.add_argument("--nt-python", type=Path, default=NT_PYTHON,
                         help="python of a neural-tangents environment (default: .venv-nt)")
@@ -135,10 +148,20 @@ def main() -> None:
                     params = dict(n=n, length=length, dtype=dtype, repeats=args.repeats,
                                   threads=args.threads)
                     ours_path, nt_path = Path(tmp, "ntkit.npy"), Path(tmp, "nt.npy")
-                    ours = run_case(Path(sys.executable), NTKIT_CASE, env={"OMP_WAIT_POLICY": "PASSIVE"},
-                                    out_path=ours_path, **params)
-                    theirs = (run_case(args.nt_python, NT_CASE, args.nt_memory_gb, out_path=nt_path, **params)
-                              if have_nt else None)
+                    runs_ours, runs_theirs = [], []
+                    for _ in range(args.alternate):  # ntkit and neural-tangents alternating
+                        runs_ours.append(run_case(Path(sys.executable), NTKIT_CASE,
+                                                  env={"OMP_WAIT_POLICY": "PASSIVE"}, out_path=ours_path,
+                                                  **params))
+                        if have_nt:
+                            runs_theirs.append(run_case(args.nt_python, NT_CASE, args.nt_memory_gb,
+                                                        out_path=nt_path, **params))
+                    ours = _median_run(runs_ours)
+                    theirs = _median_run(runs_theirs) if have_nt else None
+                    if args.alternate > 1 and "seconds" in ours and theirs and "seconds" in theirs:
+                        ratios = [a["seconds"] / b["seconds"] for a, b in zip(runs_ours, runs_theirs)]
+                        print(f"     per alternation: ntkit/NT = {', '.join(f'{r:.2f}' for r in ratios)}; "
+                              f"load average {os.getloadavg()[0]:.1f}")
                     line = f"{length:>4} {n:>4} {dtype:>8} | "
                     if "error" in ours:
                         line += f"ntkit failed: {ours['error'][:60]} | "
