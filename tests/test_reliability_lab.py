@@ -112,23 +112,33 @@ def test_out_symlink_writes_into_its_target(tmp_path):
     assert link.is_symlink() and "bound" in (target / "metrics.json").read_text()
 
 
-def test_sigterm_while_writing_leaves_no_temporary_folder(tmp_path):
+@pytest.mark.parametrize("when", ["writing", "experiment"])
+def test_sigterm_leaves_no_temporary_folder(tmp_path, when):
+    """SIGTERM while the report is written, or while an experiment runs (the figure helper
+    process and its folder exist then): no report, no .r.tmp-* folder, no temp folder left."""
+    patch = {
+        "writing": "from ntkit.lab import report as m; real = m._write_files; name = '_write_files'",
+        "experiment": "from ntkit.lab import width as m; real = m.run; name = 'run'",
+    }[when]
     script = textwrap.dedent(f"""
         import os, signal, time
         from ntkit import lab
-        from ntkit.lab import report
-        real = report._write_files
+        {patch}
         def slow(*args):
             real(*args)
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)
-        report._write_files = slow
+        setattr(m, name, slow)
         lab.run(["width"], quick=True, sizes={TINY!r}, out={str(tmp_path / 'r')!r})
     """)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp)})
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no report, no .r.tmp-* folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"]  # no report, no .r.tmp-* folder
+    # the figure helper's folder is gone (torch may leave its own compile cache there)
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("ntkit")] == []
 
 
 def test_ctrl_c_while_the_package_loads_exits_quietly():

@@ -124,9 +124,10 @@ def _check_destination(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def _terminate_as_exit():
-    """While writing, SIGTERM raises SystemExit (so the temporary folder is removed);
-    the previous handler is restored afterwards. Only in the main thread."""
+def terminate_as_exit():
+    """Inside the block SIGTERM raises SystemExit, so ``finally`` blocks and context managers
+    run (temporary folders are removed, helper processes stopped); the previous handler is
+    restored afterwards. Only in the main thread (elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -150,7 +151,7 @@ def write_report(result: LabResult, out: str | os.PathLike[str],
     """
     out = destination(out)
     _check_destination(out)
-    with _terminate_as_exit():
+    with terminate_as_exit():
         return _write_atomically(result, out, images or {})
 
 

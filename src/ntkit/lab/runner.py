@@ -204,8 +204,11 @@ def _run(names, dataset, target, seed, quick, dev, out, preset, progress, thread
         return _run_experiments(names, dataset, target, seed, quick, dev, out, preset, progress, threads,
                                 opts, None)
     from .render import Renderer
+    from .report import terminate_as_exit
 
-    with Renderer() as renderer:  # draws each experiment's figures while the next one runs
+    # SIGTERM as SystemExit for the whole run: the renderer's helper process and its
+    # temporary folder are cleaned up however the run ends
+    with terminate_as_exit(), Renderer() as renderer:  # draws figures while the next experiment runs
         return _run_experiments(names, dataset, target, seed, quick, dev, out, preset, progress, threads,
                                 opts, renderer)
 
