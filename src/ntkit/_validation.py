@@ -154,6 +154,18 @@ def check_std(value: Any, name: str, *, allow_none: bool = False) -> None:
         )
 
 
+def as_candidates(values: Any, name: str) -> list:
+    """One value or an iterable of values (a search grid's candidates) as a non-empty list;
+    ParameterError naming ``name`` when it is empty."""
+    try:
+        out = list(values)
+    except TypeError:
+        out = [values]
+    if not out:
+        raise ParameterError(f"{name} must hold at least one value")
+    return out
+
+
 def all_finite(t: torch.Tensor, chunk: int = 1 << 20) -> bool:
     """Whether ``t`` holds no NaN/Inf.
 

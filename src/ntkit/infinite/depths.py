@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_input_pair, check_choice, check_positive_int, check_std, resolve_dtype
+from .._validation import (
+    as_candidates,
+    as_input_pair,
+    check_choice,
+    check_positive_int,
+    check_std,
+    resolve_dtype,
+)
 from ..budget import check_output
 from ..errors import ParameterError
 from .activations import activation_from_name
@@ -67,8 +74,8 @@ def mlp_kernels(
     check_choice(get, "get", ("ntk", "nngp"))
     check_std(W_std, "W_std")
     check_std(b_std, "b_std", allow_none=True)
-    depths = sorted({check_positive_int(d, "depth") for d in _as_list(depths, "depths")})
-    fixes = sorted({_check_fix(f) for f in _as_list(fix_layers, "fix_layers")})
+    depths = sorted({check_positive_int(d, "depth") for d in as_candidates(depths, "depths")})
+    fixes = sorted({_check_fix(f) for f in as_candidates(fix_layers, "fix_layers")})
     if get == "nngp":
         fixes = fixes[:1]
     act = activation_from_name(activation)
@@ -106,16 +113,6 @@ def mlp_kernels(
                     yield layer, f, state.ntk[i] if get == "ntk" else state.nngp
         if layer < depths[-1]:
             state = act.apply_kernel(state)
-
-
-def _as_list(values: Any, name: str) -> list:
-    try:
-        out = list(values)
-    except TypeError:
-        out = [values]
-    if not out:
-        raise ParameterError(f"{name} must hold at least one value")
-    return out
 
 
 def _check_fix(value: Any) -> int:

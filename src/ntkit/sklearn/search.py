@@ -32,7 +32,7 @@ from sklearn.model_selection import ParameterGrid, check_cv
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
-from .._validation import check_choice, check_positive_int, check_std
+from .._validation import as_candidates, check_choice, check_positive_int, check_std
 from ..errors import ParameterError
 from ..infinite.depths import mlp_kernels
 from .estimators import NTKClassifier, NTKRegressor, validate_data
@@ -41,16 +41,6 @@ from .kernel_function import _SQRT2
 _DEPTHS = (1, 2, 3, 4, 5)
 _RIDGES = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 _CS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
-
-
-def _values(values: Any, name: str) -> list:
-    try:
-        out = list(values)
-    except TypeError:
-        out = [values]
-    if not out:
-        raise ParameterError(f"{name} must hold at least one value")
-    return out
 
 
 class _NTKSearchCV(BaseEstimator):
@@ -62,8 +52,8 @@ class _NTKSearchCV(BaseEstimator):
         raise NotImplementedError
 
     def _grid(self) -> dict[str, list]:
-        depths = [check_positive_int(d, "depth") for d in _values(self.depths, "depths")]
-        fixes = _values(self.fix_layers, "fix_layers")
+        depths = [check_positive_int(d, "depth") for d in as_candidates(self.depths, "depths")]
+        fixes = as_candidates(self.fix_layers, "fix_layers")
         for f in fixes:
             if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f < 0:
                 raise ParameterError(f"fix_layers values must be integers >= 0, got {f!r}")
@@ -71,8 +61,8 @@ class _NTKSearchCV(BaseEstimator):
             raise ParameterError(
                 "fix_layers > 0 changes only the NTK; with kernel='nngp' use fix_layers=(0,)"
             )
-        regs = [float(v) for v in _values(self._regularizers(), self._regularizer + "s")]
-        acts = _values(self.activations, "activations")
+        regs = [float(v) for v in as_candidates(self._regularizers(), self._regularizer + "s")]
+        acts = as_candidates(self.activations, "activations")
         return {"depth": depths, "fix_layers": [int(f) for f in fixes], self._regularizer: regs,
                 "activation": acts}
 
