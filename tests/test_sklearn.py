@@ -65,6 +65,8 @@ def _expected_failed_checks(estimator):
     fails = dict(_PRECOMPUTED_XFAIL)
     if isinstance(estimator, NTKRegressor):
         fails.pop("check_decision_proba_consistency")  # no decision_function
+        # a relative ridge of 1 (the mean diagonal) makes even the int-cast X Xᵀ well posed
+        fails.pop("check_estimators_dtypes")
     return fails
 
 
