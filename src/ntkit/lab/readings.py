@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .numbers import fmt
+
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 
 #: A curve "settles" when its relative change over the last measured segment is below this.
@@ -54,16 +56,6 @@ class Claim:
 
     def as_dict(self) -> dict:
         return {"rule": self.rule, "holds": self.holds, "key": self.key, "text": self.text}
-
-
-def _num(x: float | None, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    if x == 0:
-        return "0"
-    if 1e-3 <= abs(x) < 1e4:
-        return f"{x:.{digits}g}"
-    return f"{x:.{max(digits - 1, 1)}e}"
 
 
 def _finite(values: Sequence[float | None]) -> bool:
@@ -105,7 +97,7 @@ def settles(values: Sequence[float | None], what: str, tolerance: float = SETTLE
     direction = "still rising" if b > a else "still falling"
     return Claim("settles", False,
                  f"{_cap(what)} has not settled: it is {direction} at the last step "
-                 f"({_num(a)} → {_num(b)}, {change:.0%} over the last measured segment).", key)
+                 f"({fmt(a)} → {fmt(b)}, {change:.0%} over the last measured segment).", key)
 
 
 def monotone(xs: Sequence[float], ys: Sequence[float | None], what: str, *, increasing: bool = True,
@@ -131,7 +123,7 @@ def monotone(xs: Sequence[float], ys: Sequence[float | None], what: str, *, incr
     right = sum(sign * (b - a) > 0 for a, b in itertools.pairwise(vals))
     wrong = sum(sign * (b - a) < 0 for a, b in itertools.pairwise(vals))
     rho = spearman(list(xs), vals)
-    listing = ", ".join(f"{_num(y)} at {x:g}" for x, y in zip(xs, vals))
+    listing = ", ".join(f"{fmt(y)} at {x:g}" for x, y in zip(xs, vals))
     if wrong == 0 and right >= need and rho is not None and sign * rho >= RANK_THRESHOLD:
         return Claim("monotone", True,
                      f"{_cap(what)} {word} with it ({listing}; strictly at {right} of {steps} steps, "
@@ -142,7 +134,7 @@ def monotone(xs: Sequence[float], ys: Sequence[float | None], what: str, *, incr
     if right < need:
         why.append(f"it {word} strictly at only {right} of {steps} steps")
     if rho is None or sign * rho < RANK_THRESHOLD:
-        why.append(f"rank correlation {_num(rho, 2)}")
+        why.append(f"rank correlation {fmt(rho, 2)}")
     return Claim("monotone", False,
                  f"Unlike {paper}, {what} does not {word[:-1]} steadily ({listing}): "
                  + "; ".join(why) + ".", key)
@@ -169,7 +161,7 @@ def reached(steps: int | None, final: float | None, threshold: float, limit: int
     if steps is None:
         return Claim("reached", None,
                      f"{_cap(what)} did not reach the loss threshold {threshold:g} within {limit} steps "
-                     f"(final loss {_num(final)}), so no conclusion is drawn from its time to fit.", key)
+                     f"(final loss {fmt(final)}), so no conclusion is drawn from its time to fit.", key)
     return Claim("reached", True, f"{_cap(what)} reached loss {threshold:g} in {steps} steps.", key)
 
 
@@ -195,7 +187,7 @@ def falls(values: Sequence[float], widths: Sequence[int], what: str, *, key: boo
     """Whether ``values`` fall at every step in width."""
     if not _finite(values):
         return Claim("falls", None, f"{_cap(what)} is not finite at every width.", key)
-    listing = ", ".join(f"{_num(v)} at m={w}" for w, v in zip(widths, values))
+    listing = ", ".join(f"{fmt(v)} at m={w}" for w, v in zip(widths, values))
     if all(b < a for a, b in itertools.pairwise(values)):
         return Claim("falls", True, f"{_cap(what)} falls at every step in width ({listing}).", key)
     return Claim("falls", False, f"{_cap(what)} does not fall at every step in width ({listing}).", key)
@@ -208,10 +200,10 @@ def larger(a: float | None, b: float | None, what_a: str, what_b: str, *, paper:
         return Claim("larger", None, f"{_cap(what_a)} or {what_b} is not finite.", key)
     if a > b + margin:
         return Claim("larger", True,
-                     f"{_cap(what_a)} ({_num(a)}) exceeds {what_b} ({_num(b)}), as in {paper}.", key)
+                     f"{_cap(what_a)} ({fmt(a)}) exceeds {what_b} ({fmt(b)}), as in {paper}.", key)
     return Claim("larger", False,
-                 f"Unlike {paper}, {what_a} ({_num(a)}) does not exceed {what_b} ({_num(b)})"
-                 + (f" by more than {_num(margin)}" if margin else "") + ".", key)
+                 f"Unlike {paper}, {what_a} ({fmt(a)}) does not exceed {what_b} ({fmt(b)})"
+                 + (f" by more than {fmt(margin)}" if margin else "") + ".", key)
 
 
 def below(value: float | None, limit: float, what: str, *, paper: str, key: bool = True) -> Claim:
@@ -220,9 +212,9 @@ def below(value: float | None, limit: float, what: str, *, paper: str, key: bool
         return Claim("below", None, f"{_cap(what)} is not finite.", key)
     if value < limit:
         return Claim("below", True,
-                     f"{_cap(what)} is {_num(value)} (below {_num(limit)}), as in {paper}.", key)
+                     f"{_cap(what)} is {fmt(value)} (below {fmt(limit)}), as in {paper}.", key)
     return Claim("below", False,
-                 f"{_cap(what)} is {_num(value)}, not below {_num(limit)}: unlike {paper}.", key)
+                 f"{_cap(what)} is {fmt(value)}, not below {fmt(limit)}: unlike {paper}.", key)
 
 
 def note(text: str) -> Claim:
