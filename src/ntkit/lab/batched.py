@@ -114,11 +114,7 @@ def train_two_layer(
         r = f - y
         loss = 0.5 * (r * r).mean(dim=1)
         values = _loss_values(loss)
-        done = []
-        for i, v in enumerate(values):
-            losses[live[i]].append(v)
-            if k == steps or not math.isfinite(v) or (stop_below is not None and v < stop_below):
-                done.append(i)
+        done = _record(values, live, losses, last=k == steps, stop_below=stop_below)
         if done:
             for i in done:
                 params[live[i]] = {"a": a[i].clone(), "B": B[i].clone()}
@@ -144,6 +140,18 @@ def train_two_layer(
         if bar is not None:
             bar.update(1)
     return StackResult(losses, params)
+
+
+def _record(values: list[float], live: list[int], losses: list[list[float]], *, last: bool,
+            stop_below: float | None) -> list[int]:
+    """Append each live net's loss; return the stack positions of the nets that stop now
+    (last step, non-finite loss, or below ``stop_below``)."""
+    done = []
+    for i, v in enumerate(values):
+        losses[live[i]].append(v)
+        if last or not math.isfinite(v) or (stop_below is not None and v < stop_below):
+            done.append(i)
+    return done
 
 
 def train_stack(
@@ -200,11 +208,7 @@ def train_stack(
     for k in range(steps + 1):
         g, loss = step(params, x, y)
         values = _loss_values(loss)
-        done = []
-        for i, v in enumerate(values):
-            losses[live[i]].append(v)
-            if k == steps or not math.isfinite(v) or (stop_below is not None and v < stop_below):
-                done.append(i)
+        done = _record(values, live, losses, last=k == steps, stop_below=stop_below)
         if done:
             for i in done:
                 final[live[i]] = {kk: t[i].clone() for kk, t in params.items()}
