@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from ntkit.lab import readings as R
@@ -67,6 +68,16 @@ def test_rank_correlation_threshold():
     assert R.rank_correlation(a, [3, 1, 2, 4, 6, 5], "x and y", paper="p").holds is False
     assert R.rank_correlation(a, [0, 0, 0, 0, 0, 0], "x and y", paper="p").holds is None
     assert R.spearman(a, [3, 1, 2, 4, 6, 5]) == pytest.approx(0.7714285714, abs=1e-9)
+
+
+def test_average_ranks_equal_scipy_rankdata():
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    cases = ([3.0, 1.0, 2.0], [1, 1, 1], [2, 0, 2, 1, 0, 2], rng.integers(0, 5, 40), rng.normal(size=17),
+             [5.0])
+    for values in cases:
+        np.testing.assert_array_equal(R.average_ranks(values), rankdata(values))
 
 
 def test_threshold_reached_or_inconclusive():

@@ -21,9 +21,11 @@ agree with ``mm`` on test products and be at least 20% faster on a timed one (ab
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
+from collections.abc import Iterable
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -123,3 +125,12 @@ class fast_matmuls(TorchDispatchMode):  # noqa: N801 (used like a function: ``wi
             if fn is not None and bias.dtype == a.dtype:
                 return fn(a, b).add_(bias)
         return func(*args, **kwargs)
+
+
+def fast_matmuls_for(tensors: Iterable[torch.Tensor]) -> contextlib.AbstractContextManager:
+    """:class:`fast_matmuls` where products of these tensors' dtypes can be rerouted, else a
+    no-op context: entering any dispatch mode imports ``torch._dynamo`` once per process
+    (seconds), wasted where the mode would only pass every product on (float64, no route)."""
+    if any(t.device.type == "cpu" and route(t.dtype) is not None for t in tensors):
+        return fast_matmuls()
+    return contextlib.nullcontext()

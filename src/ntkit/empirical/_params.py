@@ -9,6 +9,7 @@ other parameter and buffer held fixed.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,9 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 from torch.func import functional_call
-from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import ModelError, NonFiniteError, NtkitError, ParameterError
+from ._flops import counts_from_layers, layer_flops
 from ._memo import recall, remember, structure_key
 from .hazards import check_forward_grad_mode
 from .inputs import Examples, OutputSelector, check_output
@@ -261,21 +262,31 @@ def _probe(problem: Problem, buffers: dict, x: Examples) -> tuple[tuple[int, ...
     """Forward ``x`` and its first example alone (on copies of the buffers); check the results.
 
     Returns the output shape per example, the activation count per example (all leaf module
-    outputs) and the matmul/convolution flops per example (``torch.utils.flop_counter``).
+    outputs) and the matmul/convolution flops per example: from the layers' output shapes
+    when every module is a known layer (:mod:`._flops`), else ``torch.utils.flop_counter``.
     """
     n = len(x)
     copies = {k: b.clone() for k, b in buffers.items()}
     fixed = {**problem.fixed, **copies}
-    sizes = [0]
+    sizes, flops = [0], [0.0]
+    from_layers = counts_from_layers(problem.model)
 
     def count(module, args, out):
         if isinstance(out, torch.Tensor) and not list(module.children()):
             sizes[0] += out.numel()
+            if from_layers:
+                flops[0] += layer_flops(module, out)
 
+    if from_layers:
+        counter = contextlib.nullcontext()
+    else:
+        from torch.utils.flop_counter import FlopCounterMode  # imports torch._dynamo when used
+
+        counter = FlopCounterMode(display=False)
     handle = nn.modules.module.register_module_forward_hook(count)
     rng_before = _rng_state(problem.device)
     try:
-        with FlopCounterMode(display=False) as counter, check_forward_grad_mode(problem.model):
+        with counter, check_forward_grad_mode(problem.model):
             out = _forward(problem, x, fixed)
     finally:
         handle.remove()
@@ -305,4 +316,5 @@ def _probe(problem: Problem, buffers: dict, x: Examples) -> tuple[tuple[int, ...
             "the output for one example depends on the other examples in the batch (BatchNorm "
             "using batch statistics?); the NTK needs a per-example function: call model.eval()"
         )
-    return tuple(out.shape[1:]), max(1, sizes[0] // n), counter.get_total_flops() / n
+    total = flops[0] if from_layers else counter.get_total_flops()
+    return tuple(out.shape[1:]), max(1, sizes[0] // n), total / n

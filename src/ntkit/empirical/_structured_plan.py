@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.func import jvp
 
 from ._layer_adapters import Geometry, NotApplicableError, module_geometry
 from ._params import Problem
@@ -135,7 +134,7 @@ class StructuredPlan:
         gives the layers' cotangents: those of the other examples must vanish (each layer
         treats examples independently, batch axis first). Then the derivative of ``u·f``
         along a random direction ``V`` of the selected parameters (rank one per weight,
-        ``V_W = r sᵀ``) is computed twice: by forward mode (``torch.func.jvp``) through the
+        ``V_W = r sᵀ``) is computed twice: as ``⟨∇_w(u·f), V⟩`` by autograd through the
         model, and from the first example's captured layer inputs and cotangents as
         ``Σ_p (rᵀ g_p)(sᵀ ã_p)``. A parameter used outside its layers, or a layer computing
         something else than modelled, makes them differ (with probability one).
@@ -213,8 +212,12 @@ class StructuredPlan:
         def combined(*w: torch.Tensor) -> torch.Tensor:
             return (problem.f(dict(zip(names, w)), x) * weights).sum()
 
-        _, true = jvp(combined, tuple(problem.selected.values()), tuple(tangents[k] for k in names))
-        true = float(true)
+        # <∇_w (u·f), V> by reverse mode (plain autograd: torch.func's transforms import
+        # torch._dynamo on first use, seconds of start-up)
+        leaves = [problem.selected[k].detach().requires_grad_() for k in names]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(combined(*leaves), leaves, allow_unused=True)
+        true = sum(float((g * tangents[k]).sum()) for g, k in zip(grads, names) if g is not None)
         if abs(rebuilt - true) > tol * (scale + abs(true)) + torch.finfo(out.dtype).tiny:
             raise NotApplicableError(
                 "the gradients of the selected parameters are not explained by their layers' "

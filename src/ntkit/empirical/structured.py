@@ -40,7 +40,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._fast_matmul import fast_matmuls
+from .._fast_matmul import fast_matmuls_for
 from ..errors import ModelError
 from ..tiling import Tile, assemble, even_bounds, walk
 from ._blocks import swap
@@ -98,7 +98,7 @@ class StructuredMethod(StructuredPlan):
     # ------------------------------------------------------------------ per block
     def features(self, x: torch.Tensor) -> list:
         """Captured inputs and cotangents of every term, for a block ``x (b, ...)``."""
-        with fast_matmuls():
+        with fast_matmuls_for(self.problem.selected.values()):
             return self._features(x)
 
     def _features(self, x: torch.Tensor) -> list:

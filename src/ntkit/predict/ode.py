@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 
 from .._kernel_inputs import (
     KernelData,
@@ -186,6 +185,8 @@ class GradientDescentODE:
         else:
             method = self._choose_method(t_end)
             self.last_method = method
+            from scipy.integrate import solve_ivp  # here: importing it costs ≈ 1 s
+
             sol = solve_ivp(
                 rhs,
                 (0.0, t_end),
