@@ -37,7 +37,13 @@ from ..errors import ParameterError
 from ..finite.activations import Elementwise
 from . import stable
 from .layers import Layer, Shape, State, require_single
-from .quadrature import autograd_derivative, check_degree, degree_for_tolerance, gaussian_expectation
+from .quadrature import (
+    Reflection,
+    autograd_derivative,
+    check_degree,
+    degree_for_tolerance,
+    gaussian_expectations,
+)
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -348,10 +354,14 @@ class Activation(ElementwiseLayer):
             per kernel entry, ``L = ⌈log4(2√q)⌉`` (1 at variance ~1, 4 at 1e4).
         name: a label for ``repr`` and the finite module.
         tol: requested accuracy (see above) when ``degree`` is None.
+        reflection: optional :class:`~ntkit.infinite.quadrature.Reflection` ``(α, β, γ)`` with
+            ``fn(−x) = α·fn(x) + β·x + γ`` (``(−1, 0, 0)`` for an odd ``fn``); halves the
+            evaluations of ``fn`` and of its derivative (whose reflection,
+            ``(−α, 0, −β)``, follows by differentiation). Checked on sample points.
 
     Raises:
         ParameterError: ``fn`` not elementwise, ``degree`` out of range (the message names
-            the limit), ``tol`` not in (0, 1).
+            the limit), ``tol`` not in (0, 1), ``reflection`` not satisfied by ``fn``.
         NonFiniteError: (when computing a kernel) ``φ`` overflows at the variances met; the
             message says to rescale or use float64.
     """
@@ -363,6 +373,7 @@ class Activation(ElementwiseLayer):
         degree: int | None = None,
         name: str | None = None,
         tol: float = 1e-8,
+        reflection: Reflection | tuple[float, float, float] | None = None,
     ) -> None:
         if not callable(fn):
             raise ParameterError(
@@ -388,17 +399,21 @@ class Activation(ElementwiseLayer):
         self._derivative = derivative if derivative is not None else autograd_derivative(fn)
         self.name = name or getattr(fn, "__name__", "Activation")
         _check_finite_on_support(self._fn, self._derivative, self.name)
+        self.reflection = None if reflection is None else _checked_reflection(fn, reflection, self.name)
 
     def fn(self, x: torch.Tensor) -> torch.Tensor:
         return self._fn(x)
 
     def expectations(self, q11, q22, q12, need_dot):
-        nngp = gaussian_expectation(self._fn, self._fn, q11, q22, q12, self.degree, self.tol)
+        r = self.reflection
+        pairs = [(self._fn, self._fn, r, r)]
+        if need_dot:  # both kernels from one pass over the nodes (shared geometry)
+            dr = None if r is None else r.derivative()
+            pairs.append((self._derivative, self._derivative, dr, dr))
+        nngp, *rest = gaussian_expectations(pairs, q11, q22, q12, self.degree, self.tol)
         stable.check_finite(nngp, f"E[φ(u)φ(v)] of {self.name}")
-        dot = None
+        dot = rest[0] if need_dot else None
         if need_dot:
-            d = self._derivative
-            dot = gaussian_expectation(d, d, q11, q22, q12, self.degree, self.tol)
             stable.check_finite(dot, f"E[φ'(u)φ'(v)] of {self.name}")
         return nngp, dot
 
@@ -434,10 +449,34 @@ def _check_finite_on_support(fn: Fn, derivative: Fn, name: str) -> None:
             )
 
 
+def _checked_reflection(fn: Fn, reflection, name: str) -> Reflection:
+    """``reflection`` as a :class:`Reflection`, or ParameterError if ``fn`` breaks it on the probe."""
+    try:
+        reflection = Reflection(*(float(c) for c in reflection))
+    except (TypeError, ValueError) as err:
+        raise ParameterError(f"reflection must be (alpha, beta, gamma) numbers, got {reflection!r}") from err
+    if abs(reflection.alpha) != 1.0:
+        raise ParameterError(
+            f"reflection alpha must be 1 or -1 (f(-x) = ±f(x) + βx + γ), got {reflection.alpha}"
+        )
+    x = _SUPPORT_PROBE
+    fx, f_minus = fn(x), fn(-x)
+    gap = (f_minus - reflection.apply(x, fx)).abs()
+    scale = 1.0 + fx.abs() + f_minus.abs() + x.abs()
+    if not bool((gap <= 1e-12 * scale).all()):
+        k = int((gap / scale).argmax())
+        raise ParameterError(
+            f"Activation {name}: reflection {tuple(reflection)} does not hold at x = {float(x[k]):.3g} "
+            f"(f(-x) = {float(f_minus[k])!r}, alpha·f(x) + beta·x + gamma = "
+            f"{float(reflection.apply(x, fx)[k])!r}); fix it or pass reflection=None"
+        )
+    return reflection
+
+
 def _tanh_derivative(x: torch.Tensor) -> torch.Tensor:
-    # sech²(x) = 4e^{-2|x|}/(1 + e^{-2|x|})²: no cancellation of 1 − tanh² where tanh ≈ ±1.
-    e = torch.exp(-2 * x.abs())
-    return 4 * e / (1 + e) ** 2
+    # sech²(x) = cosh(x)^−2: no cancellation of 1 − tanh² where tanh ≈ ±1; cosh overflows to
+    # inf beyond |x| ≈ 710 (float64), where sech² is 0 to double precision anyway.
+    return torch.cosh(x).pow_(-2)
 
 
 def _sigmoid_derivative(x: torch.Tensor) -> torch.Tensor:
@@ -448,14 +487,15 @@ class Tanh(Activation):
     """``tanh(z)`` by quadrature (no closed form)."""
 
     def __init__(self, degree: int | None = None, tol: float = 1e-8) -> None:
-        super().__init__(torch.tanh, _tanh_derivative, degree, "Tanh", tol)
+        super().__init__(torch.tanh, _tanh_derivative, degree, "Tanh", tol, reflection=Reflection(-1.0))
 
 
 class Sigmoid(Activation):
     """The logistic sigmoid by quadrature."""
 
     def __init__(self, degree: int | None = None, tol: float = 1e-8) -> None:
-        super().__init__(torch.sigmoid, _sigmoid_derivative, degree, "Sigmoid", tol)
+        super().__init__(torch.sigmoid, _sigmoid_derivative, degree, "Sigmoid", tol,
+                         reflection=Reflection(-1.0, 0.0, 1.0))
 
 
 class GELU(ElementwiseLayer):
@@ -505,7 +545,8 @@ class Softplus(Activation):
     """``log(1 + e^z)`` by quadrature."""
 
     def __init__(self, degree: int | None = None, tol: float = 1e-8) -> None:
-        super().__init__(torch.nn.functional.softplus, torch.sigmoid, degree, "Softplus", tol)
+        super().__init__(torch.nn.functional.softplus, torch.sigmoid, degree, "Softplus", tol,
+                         reflection=Reflection(1.0, -1.0))
 
 
 def activation_from_name(name: str | Layer) -> Layer:

@@ -35,7 +35,9 @@ and SiLU): with the default ``tol = 1e-8`` (degree 10 per panel) the worst error
 ``<= tol`` by ``tests/test_activation_reference.py``; degree 8 gives ``~4e-8``, 12 ``~1e-11``.
 Cost per entry: ``4·A·R`` evaluations of ``f`` and ``g`` with ``A = degree·2(L + 1)`` angular and
 ``R = degree·(L + 6)`` radial nodes at level ``L`` (``L = 1`` for variances 0.25…4: 11,200
-at degree 10; ``L = 4`` at 1e4: 40,000).
+at degree 10; ``L = 4`` at 1e4: 40,000) — half of them when a :class:`Reflection` of ``f`` and
+``g`` is given (every node is paired with its mirror image ``(−u, −v)``), and the NNGP and
+derivative expectations share the nodes' geometry (:func:`gaussian_expectations`).
 Functions with other features (oscillation, growth faster than polynomial, kinks away from 0)
 are not covered by this statement.
 """
@@ -45,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -133,6 +136,36 @@ def _rule(level: int, degree: int) -> tuple[np.ndarray, ...]:
             np.concatenate([r_weights, t_weights]))
 
 
+class Reflection(NamedTuple):
+    """How a function sees ``−x``: ``f(−x) = alpha·f(x) + beta·x + gamma`` for every real ``x``.
+
+    Odd functions (tanh) are ``(−1, 0, 0)``, even ones (sech², the sigmoid's derivative)
+    ``(1, 0, 0)``, the sigmoid ``(−1, 0, 1)`` (``σ(−x) = 1 − σ(x)``), softplus, SiLU and GELU
+    ``(1, −1, 0)`` (``f(−x) = f(x) − x``). Given one, the quadrature evaluates ``f`` once per node
+    instead of twice (the rule pairs every node with its mirror image).
+    """
+
+    alpha: float
+    beta: float = 0.0
+    gamma: float = 0.0
+
+    def derivative(self) -> Reflection:
+        """The reflection of ``f'``: differentiating ``f(−x) = αf(x) + βx + γ`` gives
+        ``f'(−x) = −α·f'(x) − β``."""
+        return Reflection(-self.alpha, 0.0, -self.beta)
+
+    def apply(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
+        """``f(−x)`` from ``x`` and ``fx = f(x)``."""
+        out = fx * self.alpha if self.alpha != 1 else fx
+        if self.beta:
+            out = out + self.beta * x
+        return out + self.gamma if self.gamma else out
+
+
+#: One expectation ``E[f(u) g(v)]`` to take: ``(f, g, reflection of f, reflection of g)``.
+Pair = tuple[Fn, Fn, Reflection | None, Reflection | None]
+
+
 def gaussian_expectation(
     f: Fn,
     g: Fn,
@@ -141,6 +174,9 @@ def gaussian_expectation(
     q12: torch.Tensor,
     degree: int | None = None,
     tol: float = 1e-8,
+    *,
+    reflect_f: Reflection | None = None,
+    reflect_g: Reflection | None = None,
 ) -> torch.Tensor:
     """``E[f(u) g(v)]`` for ``(u, v) ~ N(0, [[q11, q12], [q12, q22]])``, elementwise.
 
@@ -149,6 +185,8 @@ def gaussian_expectation(
         q11, q22, q12: broadcast to a common shape, which the result has (dtype of ``q12``).
         degree: Gauss–Legendre nodes per panel (``1 … MAX_DEGREE``); ``None``: chosen from ``tol``.
         tol: requested accuracy relative to ``√(E[f(u)²] E[g(v)²])`` when ``degree`` is None.
+        reflect_f, reflect_g: optional :class:`Reflection` of ``f`` / ``g`` (``f(−x)`` from
+            ``f(x)``); halves the function evaluations. Must hold exactly: it is not checked here.
 
     Returns:
         The expectations. Accuracy: see the module docstring (``<= tol`` for activations
@@ -160,17 +198,32 @@ def gaussian_expectation(
     Raises:
         ParameterError: ``degree`` out of range or ``tol`` not in (0, 1).
     """
+    (out,) = gaussian_expectations([(f, g, reflect_f, reflect_g)], q11, q22, q12, degree, tol)
+    return out
+
+
+def gaussian_expectations(
+    pairs: list[Pair],
+    q11: torch.Tensor,
+    q22: torch.Tensor,
+    q12: torch.Tensor,
+    degree: int | None = None,
+    tol: float = 1e-8,
+) -> list[torch.Tensor]:
+    """Several :func:`gaussian_expectation` s over the same covariances, sharing the nodes'
+    geometry (angles, radii, ``u`` and ``v``): one result per ``(f, g, reflect_f, reflect_g)``
+    in ``pairs``, same shapes, accuracy and errors as :func:`gaussian_expectation`."""
     degree = degree_for_tolerance(tol) if degree is None else check_degree(degree)
     if q12.dtype != torch.float64:  # sums of ~1e4 terms: accumulate in float64, round once
-        result = gaussian_expectation(f, g, q11.double(), q22.double(), q12.double(), degree, tol)
-        return result.to(q12.dtype)
+        results = gaussian_expectations(pairs, q11.double(), q22.double(), q12.double(), degree, tol)
+        return [r.to(q12.dtype) for r in results]
     shape = torch.broadcast_shapes(q11.shape, q22.shape, q12.shape)
     dtype, device = q12.dtype, q12.device
     beta = stable.angle(q11.clamp(min=0), q22.clamp(min=0), q12).expand(shape).reshape(-1)
     s1 = torch.sqrt(q11.clamp(min=0)).expand(shape).reshape(-1)
     s2 = torch.sqrt(q22.clamp(min=0)).expand(shape).reshape(-1)
     level = _levels(torch.maximum(q11, q22).expand(shape).reshape(-1).double())
-    out = torch.empty(beta.shape, dtype=dtype, device=device)
+    outs = [torch.empty(beta.shape, dtype=dtype, device=device) for _ in pairs]
     for lv in torch.unique(level).tolist():
         idx = (level == lv).nonzero().squeeze(1)
         a, wa, r, wr = (torch.as_tensor(v, dtype=dtype, device=device) for v in _rule(lv, degree))
@@ -178,15 +231,27 @@ def gaussian_expectation(
         chunk = max(1, _CHUNK_EVALUATIONS // per_entry)
         for i in range(0, idx.numel(), chunk):
             sl = idx[i : i + chunk]
-            out[sl] = _chunk(f, g, s1[sl], s2[sl], beta[sl], a, wa, r, wr)
-    return out.reshape(shape)
+            for out, total in zip(outs, _chunk(pairs, s1[sl], s2[sl], beta[sl], a, wa, r, wr)):
+                out[sl] = total
+    return [out.reshape(shape) for out in outs]
 
 
-def _chunk(f, g, s1, s2, beta, a, wa, r, wr) -> torch.Tensor:
+def _mirrored_product(f, g, reflect_f, reflect_g, u, v) -> torch.Tensor:
+    """``f(u) g(v) + f(−u) g(−v)`` with as few evaluations as the reflections allow."""
+    fu, gv = f(u), g(v)
+    if reflect_f is None or reflect_g is None:
+        return fu * gv + f(-u) * g(-v)
+    if not (reflect_f.beta or reflect_f.gamma or reflect_g.beta or reflect_g.gamma):
+        # f(−u) g(−v) = αf·αg·f(u) g(v): one product, scaled.
+        return fu * gv * (1 + reflect_f.alpha * reflect_g.alpha)
+    return fu * gv + reflect_f.apply(u, fu) * reflect_g.apply(v, gv)
+
+
+def _chunk(pairs, s1, s2, beta, a, wa, r, wr) -> list[torch.Tensor]:
     """Entries × (angular nodes on [0, β] then [β, π]) × radial nodes; angular nodes in blocks
-    so that one block's grid stays within ``_CHUNK_EVALUATIONS``."""
+    so that one block's grid stays within ``_CHUNK_EVALUATIONS``. One sum per pair."""
     beta = beta[:, None]
-    total = torch.zeros(beta.shape[0], dtype=beta.dtype, device=beta.device)
+    totals = [torch.zeros(beta.shape[0], dtype=beta.dtype, device=beta.device) for _ in pairs]
     block = max(1, _CHUNK_EVALUATIONS // max(1, 2 * r.numel() * beta.shape[0]))
     for j in range(0, a.numel(), block):
         aj, wj = a[j : j + block], wa[j : j + block]
@@ -195,9 +260,10 @@ def _chunk(f, g, s1, s2, beta, a, wa, r, wr) -> torch.Tensor:
         su, sv = torch.sin(phi), torch.sin(phi - beta)
         u = (s1[:, None] * su)[:, :, None] * r
         v = (s2[:, None] * sv)[:, :, None] * r
-        inner = (f(u) * g(v) + f(-u) * g(-v)).to(wr.dtype) @ wr
-        total += (inner * w_phi).sum(1)
-    return total / (2.0 * math.pi)
+        for total, (f, g, reflect_f, reflect_g) in zip(totals, pairs):
+            inner = _mirrored_product(f, g, reflect_f, reflect_g, u, v).to(wr.dtype) @ wr
+            total += (inner * w_phi).sum(1)
+    return [total / (2.0 * math.pi) for total in totals]
 
 
 def autograd_derivative(fn: Fn) -> Fn:
