@@ -121,6 +121,40 @@ def test_zero_variance_reads_as_uncorrelated():
     assert torch.equal(stable.correlation(q11, q22, q12), torch.zeros(2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("scale", [1.0, 1e200], ids=["unit", "scaled"])
+def test_arc_cosine_tile_with_zero_variances(dtype, scale):
+    # A tile mixing zero variances (padded graph nodes, zero inputs) with positive ones:
+    # zero-variance entries read as ρ = 0 (E[φ'φ'] = ab + c·π/2, E[φφ] = c·√det = 0 as
+    # q12 = 0 there), the others as the arc-cosine formula with √det from exact rationals
+    # (one pair has ρ = 1 exactly); 1e200 takes the power-of-two scaling path (float64).
+    from ntkit.infinite.activations import ABReLU
+    if dtype == torch.float32 and scale != 1.0:
+        pytest.skip("1e200 is not a float32 variance")
+    v1 = [0.0, 1.5, 2.0, 0.0]
+    v2 = [3.0, 0.0, 0.5, 1.0, 0.0]
+    cov = [[0.0, 0.0, 0.0, 0.0, 0.0], [1.2, 0.0, -0.8, 1.1, 0.0], [2.1, 0.0, 1.0, -1.4, 0.0],
+           [0.0, 0.0, 0.0, 0.0, 0.0]]
+    q11 = torch.tensor(v1, dtype=torch.float64)[:, None].mul(scale).to(dtype)
+    q22 = torch.tensor(v2, dtype=torch.float64)[None, :].mul(scale).to(dtype)
+    q12 = torch.tensor(cov, dtype=torch.float64).mul(scale).to(dtype)
+    for a, b in ((0.0, 1.0), (0.1, 1.0), (-1.0, 1.0)):
+        nngp, dot = ABReLU(a, b).expectations(q11, q22, q12, True)
+        c = (a - b) ** 2 / (2 * math.pi)
+        for i in range(4):
+            for j in range(5):
+                x, y, z = float(q11[i, 0]), float(q22[0, j]), float(q12[i, j])
+                if x == 0 or y == 0:
+                    assert abs(float(dot[i, j]) - (a * b + c * math.pi / 2)) <= 4 * EPS[dtype]
+                    assert float(nngp[i, j]) == 0.0
+                    continue
+                root = _sqrt(_exact_det(x, y, z))
+                want_dot = a * b + c * (math.pi - math.atan2(root, z))  # θ from the exact √det
+                want_nngp = z * want_dot + c * root
+                assert abs(float(dot[i, j]) - want_dot) <= 64 * EPS[dtype], (a, b, i, j)
+                assert abs(float(nngp[i, j]) - want_nngp) <= 64 * EPS[dtype] * math.sqrt(x) * math.sqrt(y), (a, b, i, j)
+
+
 def test_root_det_gradient_is_finite_where_det_vanishes():
     q = torch.tensor([2.0, 3.0], dtype=torch.float64, requires_grad=True)
     stable.root_det(q, q, q).sum().backward()

@@ -69,14 +69,15 @@ class ElementwiseLayer(Layer):
         """``(E[φ(u)φ(v)], E[φ'(u)φ'(v)] or None)`` elementwise over broadcast inputs."""
         raise NotImplementedError
 
+    def self_expectation(self, q: torch.Tensor) -> torch.Tensor:
+        """``E[φ(u)²]`` for ``u ~ N(0, q)`` elementwise (any shape): ``expectations(q, q, q)``."""
+        return self.expectations(q, q, q, False)[0]
+
     def apply_kernel(self, state: State) -> State:
         state = require_single(state, self)
         need_dot = state.ntk is not None
-        var1 = self.expectations(state.var1, state.var1, state.var1, False)[0]
-        if state.var2 is state.var1:
-            var2 = var1
-        else:
-            var2 = self.expectations(state.var2, state.var2, state.var2, False)[0]
+        var1 = self.self_expectation(state.var1)
+        var2 = var1 if state.var2 is state.var1 else self.self_expectation(state.var2)
         # The variances bound every entry (Cauchy–Schwarz): one cheap check on the vectors.
         variances = (state.var1, state.var2, var1, var2)
         if not all_finite(torch.cat([v.reshape(-1) for v in variances])):
@@ -124,6 +125,11 @@ class ABReLU(ElementwiseLayer):
         nngp, dot = _ArcCosine.apply(q11, q22, q12, self.a, self.b)
         return nngp, (dot if need_dot else None)
 
+    def self_expectation(self, q):
+        """``q·(a² + b²)/2`` in one product, rounded as :meth:`expectations` rounds a point
+        with itself (``θ = 0``), so the variances equal the kernel's diagonal exactly."""
+        return q * q.new_tensor(_self_dot(self.a, self.b))
+
 
 def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
     """Returns ``(E[φ'φ'], E[φφ], √(q11 q22 − q12²))`` for the ABReLU family.
@@ -139,11 +145,20 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
     taken from its series (:func:`_one_minus_t_cot_t`): relative accuracy ``~ε`` at every ``ρ``.
     """
     span = stable._span(q11, q22)
+    c = (a - b) ** 2 / (2 * math.pi)
     # float32: det in float32 (backward stable, ≤ 1e-5 relative on the reference table); the
     # exact float64 route costs ~40% of the FC kernel in float32 (benchmarks/RESULTS.md).
-    root_det = stable._root_det(q11, q22, q12, 0.0, span, exact=False)
-    theta = stable._angle(q11, q22, q12, root_det, span)
-    c = (a - b) ** 2 / (2 * math.pi)
+    if not span[0] > 0:
+        # Zero variances (e.g. padded graph nodes): as +∞ in the determinant (small vectors
+        # only), so √det = +∞ and θ = atan2(∞, q12) = π/2 exactly there (ρ = 0, module
+        # docstring); √det is then set back to its value 0 in one pass (no full-size masks).
+        root_det = stable._root_det(stable.zero_as_inf(q11), stable.zero_as_inf(q22), q12, 0.0, span,
+                                    exact=False)
+        theta = torch.atan2(root_det, q12)
+        root_det.nan_to_num_(posinf=0.0)
+    else:
+        root_det = stable._root_det(q11, q22, q12, 0.0, span, exact=False)
+        theta = stable._angle(q11, q22, q12, root_det, span)
     near = None
     if c != 0 and float(theta.max()) > math.pi - _SERIES_BELOW:  # near-antiparallel pairs
         flat = theta.reshape(-1)
@@ -151,8 +166,11 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
         root_near = root_det.reshape(-1)[near]
         q12_near = torch.broadcast_to(q12, theta.shape)[torch.unravel_index(near, theta.shape)]
         t_near = torch.atan2(root_near, -q12_near)  # π − θ, to full relative accuracy
-    # dot = ab + c(π − θ): an affine map of θ (accurate to ε·π absolutely; `near` fixes ρ ≈ −1).
-    dot = theta.mul_(-c).add_(a * b + c * math.pi)
+    # dot = ab + c(π − θ): an affine map of θ (accurate to ε·π absolutely; `near` fixes ρ ≈ −1);
+    # exactly ab + cπ = (a² + b²)/2 rounded once for a point with itself (θ = 0). Two passes,
+    # not one `add(alpha=)`: a fused multiply-add would change the rounding (e.g. Abs at ρ = 0
+    # is then ~1e-17 instead of exactly 0).
+    dot = theta.mul_(-c).add_(_self_dot(a, b))
     nngp = q12 * dot
     if c != 0:
         nngp.add_(root_det, alpha=c)
@@ -162,6 +180,11 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
         dot[where] = c * t_near + a * b
         nngp[where] = q12_near * (a * b) + c * root_near * _one_minus_t_cot_t(t_near)
     return dot, nngp, root_det
+
+
+def _self_dot(a: float, b: float) -> float:
+    """``E[φ'(u)²] = ab + cπ = (a² + b²)/2`` as the affine map of θ gives it at ``θ = 0``."""
+    return a * b + (a - b) ** 2 / (2 * math.pi) * math.pi
 
 
 #: Below this ``t = π − θ`` the ABReLU NNGP uses the series of ``1 − t cot t``.

@@ -60,6 +60,17 @@ def inverse_sqrt(q: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.rsqrt(torch.where(positive, q, 1.0)), 0.0)
 
 
+def zero_as_inf(q: torch.Tensor) -> torch.Tensor:
+    """``q`` with ``+∞`` where ``q <= 0`` (or NaN). Any shape.
+
+    For the variances of a determinant: ``det = q11·q22 − q12² = +∞`` (and ``√det = +∞``) at
+    every entry with a zero variance, in every scaling path of :func:`root_det`, so that
+    ``atan2(√det, q12) = π/2`` exactly there (``ρ = 0``) for any finite ``q12``, without a
+    full-size mask; the caller resets ``√det`` to its value 0 there (``nan_to_num_(posinf=0)``).
+    """
+    return torch.where(q > 0, q, math.inf)
+
+
 def root_product(q11: torch.Tensor, q22: torch.Tensor) -> torch.Tensor:
     """``√(q11·q22)`` as ``√q11·√q22``: no overflow or underflow of the product (broadcasts)."""
     return torch.sqrt(q11.clamp(min=0)) * torch.sqrt(q22.clamp(min=0))
