@@ -152,7 +152,8 @@ def test_arc_cosine_tile_with_zero_variances(dtype, scale):
                 want_dot = a * b + c * (math.pi - math.atan2(root, z))  # θ from the exact √det
                 want_nngp = z * want_dot + c * root
                 assert abs(float(dot[i, j]) - want_dot) <= 64 * EPS[dtype], (a, b, i, j)
-                assert abs(float(nngp[i, j]) - want_nngp) <= 64 * EPS[dtype] * math.sqrt(x) * math.sqrt(y), (a, b, i, j)
+                scale_ij = math.sqrt(x) * math.sqrt(y)
+                assert abs(float(nngp[i, j]) - want_nngp) <= 64 * EPS[dtype] * scale_ij, (a, b, i, j)
 
 
 def test_root_det_gradient_is_finite_where_det_vanishes():
