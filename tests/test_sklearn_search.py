@@ -93,6 +93,24 @@ def test_classifier_cv_choice_equals_grid_search_with_one_kernel(solver, counter
     np.testing.assert_array_equal(ours.classes_, [0, 1])
 
 
+def test_searched_b_std_equals_grid_search_with_one_recursion_per_value(counters):
+    X, y = _cancer(90)
+    cv = StratifiedKFold(3, shuffle=True, random_state=4)
+    grid = {"depth": [1, 3], "fix_layers": [0, 1], "C": [1.0], "activation": ["relu"],
+            "b_std": [None, 0.1, 2.0]}
+    ours = NTKClassifierCV(depths=grid["depth"], fix_layers=grid["fix_layers"], Cs=grid["C"],
+                           b_stds=grid["b_std"], solver="svm", cv=cv).fit(X, y)
+    assert counters == {"recursions": 3, "kernels": 0}  # one per b_std, no other kernel
+    ref = _grid_search(NTKClassifier(solver="svm"), grid, X, y, cv)
+    _same_search(ours, ref)
+    assert len({s for s in ours.cv_results_["mean_test_score"] if s == s}) > 1  # the b_std matter
+    direct = NTKClassifier(solver="svm", **ours.best_params_).fit(X, y)
+    np.testing.assert_allclose(ours.decision_function(X[:20]), direct.decision_function(X[:20]),
+                               rtol=1e-8, atol=1e-10)
+    with pytest.raises(ParameterError, match="b_stds"):
+        NTKClassifierCV(b_stds=(0.1, -1.0), cv=2).fit(X, y)
+
+
 def test_regressor_cv_choice_equals_grid_search(counters):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(60, 4))

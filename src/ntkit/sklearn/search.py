@@ -3,8 +3,8 @@
 A grid search over ``depth × fix_layers × ridge (or C) × activation`` of the fully-connected
 NTK, scored like ``GridSearchCV`` over :class:`~ntkit.sklearn.NTKClassifier` /
 :class:`~ntkit.sklearn.NTKRegressor` with the same grid and folds (same candidates, same
-order, same scores, same choice), but with one kernel recursion per activation instead of one
-kernel per candidate and fold:
+order, same scores, same choice), but with one kernel recursion per activation (and per bias
+standard deviation, when ``b_stds`` is searched) instead of one kernel per candidate and fold:
 
 * the kernel is a fixed, label-free function of the inputs, so the kernel of all training
   rows, computed once, holds every fold's training and validation blocks (``K[tr, tr]``,
@@ -21,6 +21,7 @@ counts the recursions run.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -63,8 +64,13 @@ class _NTKSearchCV(BaseEstimator):
             )
         regs = [float(v) for v in as_candidates(self._regularizers(), self._regularizer + "s")]
         acts = as_candidates(self.activations, "activations")
-        return {"depth": depths, "fix_layers": [int(f) for f in fixes], self._regularizer: regs,
+        grid = {"depth": depths, "fix_layers": [int(f) for f in fixes], self._regularizer: regs,
                 "activation": acts}
+        if self.b_stds is not None:
+            grid["b_std"] = as_candidates(self.b_stds, "b_stds")
+            for b in grid["b_std"]:
+                check_std(b, "b_stds values", allow_none=True)
+        return grid
 
     def _regularizers(self) -> Any:
         return self.ridges
@@ -84,16 +90,17 @@ class _NTKSearchCV(BaseEstimator):
         best_kernel: torch.Tensor | None = None
         probe = self._base(kernel="precomputed")
         scorer = check_scoring(probe, scoring=self.scoring)
-        for activation in grid["activation"]:
+        searched_b = "b_std" in grid
+        for activation, b_std in itertools.product(grid["activation"], grid.get("b_std", [self.b_std])):
             self.kernel_evaluations_ += 1
             for depth, fix, K in mlp_kernels(X, depths=grid["depth"], fix_layers=grid["fix_layers"],
-                                             activation=activation, W_std=self.W_std, b_std=self.b_std,
+                                             activation=activation, W_std=self.W_std, b_std=b_std,
                                              get=self.kernel):
                 K = K.numpy()
                 rows = []
                 for value in grid[self._regularizer]:
                     params = {"depth": depth, "fix_layers": fix, self._regularizer: value,
-                              "activation": activation}
+                              "activation": activation, **({"b_std": b_std} if searched_b else {})}
                     i = index[tuple(sorted(params.items()))]
                     rows.append(i)
                     for s, (tr, va) in enumerate(splits):
@@ -158,6 +165,9 @@ _GRID_DOC = """
             ``GridSearchCV`` with ``error_score=np.nan`` records them).
         activations: candidate activation names (one kernel recursion each).
         W_std, b_std: as in :class:`~ntkit.sklearn.NTKClassifier` (fixed, not searched).
+        b_stds: ``None`` (``b_std`` fixed) or candidate bias standard deviations, searched as
+            the grid's ``"b_std"`` key (``None`` among them: no bias); one kernel recursion
+            per activation and ``b_std``. ``b_std`` is then unused.
         kernel: ``"ntk"`` or ``"nngp"`` (then ``fix_layers=(0,)``).
         ridge_mode: as in :class:`~ntkit.sklearn.NTKClassifier` (``"relative"``: ``ridge ×
             mean diag`` of each fold's training kernel).
@@ -174,7 +184,8 @@ _ATTR_DOC = """
         best_params_, best_score_, best_index_, cv_results_, n_splits_: as ``GridSearchCV``'s
             (``cv_results_`` keys ``params``, ``param_<name>``, ``split<k>_test_score``,
             ``mean_test_score``, ``std_test_score``, ``rank_test_score``).
-        kernel_evaluations_: kernel recursions run (one per activation, over all rows of ``X``).
+        kernel_evaluations_: kernel recursions run (one per activation and ``b_stds`` value,
+            over all rows of ``X``).
 
     Raises:
         ParameterError: invalid grids (empty, ``fix_layers`` with ``kernel="nngp"``, no
@@ -189,7 +200,8 @@ class NTKClassifierCV(ClassifierMixin, _NTKSearchCV):
     Equivalent to ``GridSearchCV(NTKClassifier(W_std=..., b_std=..., solver=...), {"depth":
     depths, "fix_layers": fix_layers, "ridge" (or "C"): ridges (or Cs), "activation":
     activations}, cv=cv)`` — same candidates in the same order, the same score per fold, the
-    same choice — at the cost of one kernel per activation (module docstring). With
+    same choice — at the cost of one kernel per activation (module docstring; with ``b_stds``
+    the grid also holds ``"b_std": b_stds``, one kernel per activation and ``b_std``). With
     ``solver="svm"`` the regularizer searched is ``C`` (the NTK-SVM of Arora et al. 2020).
     Inputs are used as given (put a ``StandardScaler`` in front, as for the estimator).
     """
@@ -218,6 +230,7 @@ class NTKClassifierCV(ClassifierMixin, _NTKSearchCV):
         cv: Any = 5,
         scoring: Any = None,
         memory_budget: Any = None,
+        b_stds: Any = None,
     ) -> None:
         self.depths = depths
         self.fix_layers = fix_layers
@@ -233,6 +246,7 @@ class NTKClassifierCV(ClassifierMixin, _NTKSearchCV):
         self.cv = cv
         self.scoring = scoring
         self.memory_budget = memory_budget
+        self.b_stds = b_stds
 
     @property
     def _regularizer(self) -> str:  # type: ignore[override]
@@ -284,7 +298,8 @@ class NTKRegressorCV(RegressorMixin, _NTKSearchCV):
 
     Equivalent to ``GridSearchCV(NTKRegressor(W_std=..., b_std=...), {"depth": depths,
     "fix_layers": fix_layers, "ridge": ridges, "activation": activations}, cv=cv)`` at the cost
-    of one kernel per activation (module docstring). ``y`` may be ``(n,)`` or ``(n, o)``.
+    of one kernel per activation (module docstring; ``b_stds`` as in :class:`NTKClassifierCV`).
+    ``y`` may be ``(n,)`` or ``(n, o)``.
     """
         + _GRID_DOC
         + """        ridges: candidate ridges.
@@ -305,6 +320,7 @@ class NTKRegressorCV(RegressorMixin, _NTKSearchCV):
         cv: Any = 5,
         scoring: Any = None,
         memory_budget: Any = None,
+        b_stds: Any = None,
     ) -> None:
         self.depths = depths
         self.fix_layers = fix_layers
@@ -317,6 +333,7 @@ class NTKRegressorCV(RegressorMixin, _NTKSearchCV):
         self.cv = cv
         self.scoring = scoring
         self.memory_budget = memory_budget
+        self.b_stds = b_stds
 
     def _base(self, **params: Any) -> NTKRegressor:
         kwargs = {"W_std": self.W_std, "b_std": self.b_std, "kernel": self.kernel,
