@@ -90,7 +90,8 @@ def test_fast_matmul_mode_only_where_a_route_exists():
 def test_structured_ntk_of_known_layers_does_not_import_dynamo():
     """A fresh process: the float64 MLP's NTK by the structured route (probe, its check, the
     features) runs without torch._dynamo, which any dispatch mode or torch.func transform
-    imports (seconds; the ``ntkit lab`` width experiment takes this route)."""
+    imports (seconds; the ``ntkit lab`` width experiment takes this route), and without sympy
+    (which ``torch.autograd.grad(..., grad_outputs=...)`` imports)."""
     import subprocess
     import sys
 
@@ -100,7 +101,7 @@ def test_structured_ntk_of_known_layers_does_not_import_dynamo():
         "x = torch.randn(6, 5, dtype=torch.float64)\n"
         "k = nk.empirical_ntk(net, x, output='trace', method='structured')\n"
         "assert k.shape == (6, 6)\n"
-        "print('torch._dynamo' in sys.modules)\n"
+        "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "False False"

@@ -112,8 +112,12 @@ class StructuredMethod(StructuredPlan):
         o, b = self.problem.n_out, x.shape[0]
         basis = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, b, o)
         try:
-            grads = torch.autograd.grad(out, flat, grad_outputs=basis, is_grads_batched=True,
-                                        allow_unused=True)
+            if o == 1:  # one backward of a scalar (grad_outputs would make torch import sympy: ≈ 1 s)
+                grads = [None if g is None else g[None]
+                         for g in torch.autograd.grad(out.sum(), flat, allow_unused=True)]
+            else:
+                grads = torch.autograd.grad(out, flat, grad_outputs=basis, is_grads_batched=True,
+                                            allow_unused=True)
         except RuntimeError:  # a backward formula without a batching rule: one pass per output
             rows = [torch.autograd.grad(out[:, k].sum(), flat, retain_graph=k + 1 < o,
                                         allow_unused=True) for k in range(o)]
