@@ -1,22 +1,34 @@
 """Per-block features of the structured path and the kernel block of two feature blocks.
 
-Each term of a model (:mod:`._structured_plan`) becomes, for a block of examples, either its
-input patches and cotangents (the Gram form) or its per-example Jacobian; :func:`add_gram` adds
-``Σ_{p,q} <ã_p, ã'_q> Σ_c g[o, c, p] g'[o', c, q]`` (:mod:`ntkit.empirical.structured`) to a
-kernel block.
+Each term of a model (:mod:`._structured_plan`) keeps, for a block of examples, either its
+per-example Jacobian ``J (b, o, G·C·K)`` (stored form ``"jac"``: when that is smaller than
+the layer's input and cotangents) or the layer's input and cotangents (stored form ``"ag"``:
+the raw input of a single-use layer, unfolded into patches only when used, or the patches
+of a shared one; cotangents ``(b, o, G, C, P)``). A stored ``"ag"`` term is contracted either
+as Grams (:func:`add_gram`: ``Σ_{p,q} <ã_p, ã'_q> Σ_c g[o, c, p] g'[o', c, q]``) or through
+its per-layer Jacobian, formed a few output channels at a time when the pair is computed
+(:func:`jacobian_chunks`), so that neither ``b × o × |W|`` nor the patches of a whole block
+are held at once.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
+
 import torch
 
 from .._fast_matmul import matmul
-from ._layer_adapters import NotApplicableError, cotangents, patches
+from ._layer_adapters import Geometry, NotApplicableError, cotangents, patches
 from .jacobian import Accumulator
 
 
 def term_features(geometries, term, inputs, grads, form, keep=None):
-    """Features of one term from captured inputs and cotangents ``(o, b, *z)`` per call."""
+    """Features of one term from captured inputs and cotangents ``(o, b, *z)`` per call.
+
+    ``form="gram"``: ``(patches (b, G, P, K), g (b, o, G, C, P))``; ``"jac"``: ``(b, o, G·C·K)``
+    (biases and normalization scales: ``(b, o, G·C)``). ``keep``: one example only.
+    """
     a_parts, g_parts = [], []
     bias_only = term.kind in ("bias", "scale")
     for m, c in term.uses:
@@ -31,11 +43,7 @@ def term_features(geometries, term, inputs, grads, form, keep=None):
             g_parts.append(g.sum(-1) * geo.b_scale)
             continue
         x = inputs[m][c] if keep is None else inputs[m][c][keep : keep + 1]
-        a = patches(x, geo)
-        if term.kind == "affine":
-            ones = a.new_full((*a.shape[:3], 1), geo.b_scale)
-            a = torch.cat([a, ones], dim=3)
-        a_parts.append(a)
+        a_parts.append(with_bias(patches(x, geo), term, geo))
         g_parts.append(g)
     if bias_only:
         g = sum(g_parts[1:], g_parts[0])
@@ -49,16 +57,106 @@ def term_features(geometries, term, inputs, grads, form, keep=None):
     term.shape.update(G=G, C=C, K=a.shape[3], P=P)
     if form == "gram":
         return a, g
+    return form_jacobian(a, g)
+
+
+def with_bias(a: torch.Tensor, term, geo: Geometry) -> torch.Tensor:
+    """Patches with the constant bias column ``s_b`` appended for an affine term."""
+    if term.kind != "affine":
+        return a
+    return torch.cat([a, a.new_full((*a.shape[:3], 1), geo.b_scale)], dim=3)
+
+
+def form_jacobian(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``J[i, o, (G, C, K)] = Σ_p g[i, o, G, C, p] a[i, G, p, K]``: ``(b, o, G·C·K)``."""
+    b, o, G, C, P = g.shape
     K = a.shape[3]
     j = torch.bmm(g.transpose(1, 2).reshape(b * G, o * C, P), a.reshape(b * G, P, K))
     return j.view(b, G, o, C, K).transpose(1, 2).reshape(b, o, G * C * K)
 
 
+class Stored:
+    """One ``"ag"`` term of a feature block: the layer input (raw, or patches) and cotangents.
+
+    Attributes:
+        a: the raw input ``(b, ...)`` of the term's one use (``geo`` set) or its patches
+            ``(b, G, P, K)`` (``geo`` is ``None``; a layer used several times).
+        g: cotangents ``(b, o, G, C, P)``.
+        geo, term: the layer geometry and the term (for unfolding raw inputs).
+    """
+
+    __slots__ = ("a", "g", "geo", "term")
+
+    def __init__(self, a: torch.Tensor, g: torch.Tensor, geo: Geometry | None, term) -> None:
+        self.a, self.g, self.geo, self.term = a, g, geo, term
+
+    def __len__(self) -> int:
+        return self.g.shape[0]
+
+    def slice(self, start: int, stop: int) -> Stored:
+        return Stored(self.a[start:stop], self.g[start:stop], self.geo, self.term)
+
+    def patches(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Scaled patches ``(stop - start, G, P, K)`` (the bias column included)."""
+        a = self.a[start:stop]
+        if self.geo is None:
+            return a
+        return with_bias(patches(a, self.geo), self.term, self.geo)
+
+
+def store_features(geometries, term, inputs, grads, store: str):
+    """A term's stored features for a block: ``("jac", J)`` or ``("ag", Stored)``."""
+    if store == "jac" or term.kind in ("bias", "scale"):
+        return "jac", term_features(geometries, term, inputs, grads, "jac")
+    if len(term.uses) == 1:
+        m, c = term.uses[0]
+        g = cotangents(grads[m][c], geometries[m])
+        return "ag", Stored(inputs[m][c], g, geometries[m], term)
+    a, g = term_features(geometries, term, inputs, grads, "gram")
+    return "ag", Stored(a.contiguous(), g, None, term)
+
+
 def slice_features(f: tuple, start: int, stop: int) -> tuple:
     """The features of examples ``start:stop`` of a block (every tensor is batch-first)."""
     _, terms = f
-    return stop - start, [(form, d[start:stop] if form == "jac" else tuple(t[start:stop] for t in d))
-                          for form, d in terms]
+    return stop - start, [(store, d[start:stop] if store == "jac" else d.slice(start, stop))
+                          for store, d in terms]
+
+
+def jacobian_chunks(s: Stored, limit: int) -> Iterator[torch.Tensor]:
+    """The per-example Jacobian of an ``"ag"`` term, a few output channels at a time:
+    ``(b, o, G·c·K)`` pieces whose entries, over all pieces, are those of the whole Jacobian.
+
+    Each piece holds at most about ``limit`` bytes; patches are unfolded for groups of
+    examples of at most ``limit / 4`` bytes.
+    """
+    b, o, G, C, P = s.g.shape
+    K = s.term.shape["K"]
+    item = s.g.element_size()
+    per_channel = b * o * G * K * item
+    channels = max(1, min(C, limit // max(per_channel, 1)))
+    group = max(1, min(b, (limit // 4) // max(G * P * K * item, 1)))
+    whole = group >= b
+    cached = s.patches() if whole and channels < C else None
+    for c0 in range(0, C, channels):
+        c1 = min(C, c0 + channels)
+        parts = []
+        for e0 in range(0, b, group):
+            e1 = min(b, e0 + group)
+            a = cached if cached is not None else s.patches(e0, e1)
+            parts.append(form_jacobian(a, s.g[e0:e1, :, :, c0:c1]))
+        yield parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+def gram_rows(s1: Stored, s2: Stored, output: str, n_out: int, limit: int) -> int:
+    """Examples per side of a Gram sub-block whose temporaries stay under ``limit`` bytes."""
+    t = s1.term.shape
+    G, P, K, C = t["G"], t["P"], t["K"], t["C"]
+    extra = {"trace": 1, "diagonal": n_out, "full": n_out * n_out}[output]
+    per_pair = G * P * P * (3 + extra) * s1.g.element_size()
+    per_example = G * P * (K + n_out * C) * s1.g.element_size()
+    rows = max(1, int(math.isqrt(max(limit // max(per_pair, 1), 1))))
+    return max(1, min(rows, limit // max(4 * per_example, 1)))
 
 
 def add_gram(acc: Accumulator, a1, g1, a2, g2) -> None:
@@ -97,3 +195,13 @@ def add_gram(acc: Accumulator, a1, g1, a2, g2) -> None:
         h2 = g2.permute(1, 2, 0, 4, 3).reshape(o * G, b2 * Q, C)
         gram_g = torch.bmm(h1, h2.transpose(1, 2)).view(o, G, b1, P, b2, Q)
         acc.data += torch.einsum("ogipjq,gipjq->oij", gram_g, gram_a)
+
+
+def self_gram_diagonal(s: Stored) -> torch.Tensor:
+    """``(b,)``: ``Σ_{p,q} <ã_p, ã_q> Σ_{o,c} g[o,c,p] g[o,c,q]`` per example."""
+    a, g = s.patches(), s.g
+    b, G, P = a.shape[0], a.shape[1], a.shape[2]
+    gram_a = torch.bmm(a.reshape(b * G, P, -1), a.reshape(b * G, P, -1).transpose(1, 2))
+    h = g.transpose(1, 2).reshape(b * G, -1, P)
+    gram_g = torch.bmm(h.transpose(1, 2), h)
+    return (gram_a * gram_g).reshape(b, -1).sum(1)

@@ -28,12 +28,14 @@ class Term:
     names: tuple[str, ...]  # selected parameter names it covers: (weight[, bias]) or (bias,)
     uses: list[tuple[int, int]]  # (module index, call index) of every use
     form: str = "jac"  # "gram" | "jac" (weights); biases always "jac"
-    shape: dict = field(default_factory=dict)  # G, P, K, C after the probe
+    shape: dict = field(default_factory=dict)  # G, P, K, C, R (raw input entries) after the probe
+    #: what a feature block keeps: "jac" (per-example Jacobians) or "ag" (inputs, cotangents)
+    store: str = "jac"
 
 
 def copy_terms(terms: list[Term]) -> list[Term]:
     """Independent copies (``form`` and ``shape`` are set per call)."""
-    return [Term(t.kind, t.names, list(t.uses), t.form, dict(t.shape)) for t in terms]
+    return [Term(t.kind, t.names, list(t.uses), t.form, dict(t.shape), t.store) for t in terms]
 
 
 class StructuredPlan:
@@ -48,6 +50,7 @@ class StructuredPlan:
     module_names: list[str]
     geometries: list[Geometry]
     terms: list[Term]
+    n_out: int  # outputs whose features are computed (a range of the model's outputs)
 
     def _plan(self) -> list[Term]:
         """Map each selected parameter to the supported layers that own it."""
@@ -146,6 +149,7 @@ class StructuredPlan:
             term.uses = [(m, c) for m, _ in term.uses for c in range(calls[m])]
             if not term.uses:
                 raise NotApplicableError(f"the layer holding {term.names[0]!r} is never called")
+            term.shape["R"] = sum(inputs[m][c][0].numel() for m, c in term.uses)
         b = x.shape[0]
         for per in inputs:
             for t in per:
@@ -226,15 +230,21 @@ class StructuredPlan:
         return calls
 
     def _choose_forms(self, n1: int, n2: int, output: str) -> None:
-        """Per weight term: Gram form or per-layer Jacobian, whichever needs fewer flops."""
-        o = self.problem.n_out
+        """Per weight term: Gram form or per-layer Jacobian, whichever needs fewer flops; and
+        what a feature block keeps: the per-example Jacobians when they take less memory than
+        the layer's inputs and cotangents (and are contracted as such), else those."""
+        o = self.n_out
         o_pair = o * o if output == "full" else o
         pairs, examples = n1 * n2, n1 + n2
         for term in self.terms:
             if term.kind in ("bias", "scale"):
+                term.store = "jac"
                 continue
             s = term.shape
             G, P, K, C = s["G"], s["P"], s["K"], s["C"]
             gram = pairs * G * P * P * (2 * K + 2 * o_pair * C + 2 * o_pair)
             jac = examples * 2 * o * G * C * P * K + pairs * 2 * o_pair * G * C * K
             term.form = "gram" if gram <= jac else "jac"
+            kept_a = s["R"] if len(term.uses) == 1 else G * P * K
+            small = o * G * C * K <= kept_a + o * G * C * P
+            term.store = "jac" if term.form == "jac" and small else "ag"

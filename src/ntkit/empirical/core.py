@@ -232,7 +232,7 @@ def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_
     structured, reason = None, None
     if method in ("auto", "structured"):
         try:
-            structured = StructuredMethod(problem, probe, n1, n2, pair_output)
+            structured = StructuredMethod(problem, probe, n1, n2, pair_output, budget)
         except NotApplicableError as err:
             reason = str(err)
             if method == "structured":

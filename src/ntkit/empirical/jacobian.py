@@ -51,9 +51,28 @@ class Accumulator:
         if self.output == "trace":
             self.data.add_(matmul(j1.reshape(b1, -1), j2.reshape(b2, -1).T))
         elif self.output == "full":
-            self.data.view(b1 * o, b2 * o).add_(matmul(j1.reshape(b1 * o, -1), j2.reshape(b2 * o, -1).T))
+            self.data.add_(matmul(j1.reshape(b1 * o, -1), j2.reshape(b2 * o, -1).T).view(b1, o, b2, o))
         else:
-            self.data.baddbmm_(j1.transpose(0, 1), j2.permute(1, 2, 0))
+            self.data.add_(torch.bmm(j1.transpose(0, 1), j2.permute(1, 2, 0)))
+
+    def part(self, r0: int, r1: int, c0: int, c1: int) -> Accumulator:
+        """The accumulator of the sub-block ``[r0:r1, c0:c1]`` (a view: adding to it adds here)."""
+        view = object.__new__(Accumulator)
+        view.output, view.n_out, view.b1, view.b2 = self.output, self.n_out, r1 - r0, c1 - c0
+        if self.output == "diagonal":
+            view.data = self.data[:, r0:r1, c0:c1]
+        else:
+            view.data = self.data[r0:r1, :, c0:c1] if self.output == "full" else self.data[r0:r1, c0:c1]
+        return view
+
+    def mirror(self, r0: int, r1: int, c0: int, c1: int) -> None:
+        """Write the swapped pairs of sub-block ``[r0:r1, c0:c1]`` into ``[c0:c1, r0:r1]``."""
+        if self.output == "trace":
+            self.data[c0:c1, r0:r1] = self.data[r0:r1, c0:c1].T
+        elif self.output == "full":
+            self.data[c0:c1, :, r0:r1] = self.data[r0:r1, :, c0:c1].permute(2, 3, 0, 1)
+        else:
+            self.data[:, c0:c1, r0:r1] = self.data[:, r0:r1, c0:c1].transpose(1, 2)
 
     def result(self) -> torch.Tensor:
         if self.output == "trace":

@@ -37,21 +37,24 @@ another method; ``method="structured"`` raises ModelError saying why).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .._fast_matmul import fast_matmuls_for
+from ..budget import DEFAULT_MEMORY_BUDGET
 from ..errors import ModelError
-from ..tiling import Tile, assemble, even_bounds, walk
-from ._blocks import swap
+from ..tiling import even_bounds
 from ._layer_adapters import Geometry, NotApplicableError, module_geometry
 from ._memo import recall, remember
 from ._params import Problem
-from ._structured_features import add_gram, slice_features, term_features
+from ._structured_features import (Stored, add_gram, gram_rows, jacobian_chunks, self_gram_diagonal,
+                                   slice_features, store_features)
 from ._structured_plan import StructuredPlan, copy_terms
 from .jacobian import Accumulator
 
-__all__ = ["NotApplicableError", "StructuredMethod"]
+__all__ = ["NotApplicableError", "StructuredMethod", "slice_features"]
 
 #: The symmetric diagonal block is cut into row chunks only past this many flops (below,
 #: one product is faster than several smaller ones), into at most ``SYMMETRIC_CHUNKS``
@@ -59,18 +62,32 @@ __all__ = ["NotApplicableError", "StructuredMethod"]
 SYMMETRIC_CHUNK_FLOPS = 4e8
 SYMMETRIC_CHUNKS = 8
 SYMMETRIC_CHUNK_MIN = 32
+#: Shares of the memory budget: the forward/backward of one micro-batch of examples, and
+#: the chunked temporaries of one pair of blocks (Gram sub-blocks, Jacobian pieces).
+SCRATCH_SHARE = 8
+PAIR_SHARE = 4
 
 
 class StructuredMethod(StructuredPlan):
-    """``method="structured"``; raises :class:`NotApplicableError` from the constructor."""
+    """``method="structured"``; raises :class:`NotApplicableError` from the constructor.
+
+    ``budget`` (bytes) bounds the scratch of one forward/backward pass (examples are run in
+    micro-batches of :meth:`micro_batch`) and the temporaries of one pair of blocks.
+    :meth:`set_outputs` restricts the features to a range of outputs (``trace`` and
+    ``diagonal`` kernels are sums/stacks over outputs: computing them a few outputs at a time
+    keeps the features of many more examples in memory).
+    """
 
     name = "structured"
     #: its block with itself skips its own lower half (:meth:`pair`): no need for the
     #: caller to cut symmetric kernels into several blocks
     symmetric_pairs = True
 
-    def __init__(self, problem: Problem, probe: torch.Tensor, n1: int, n2: int, output: str) -> None:
+    def __init__(self, problem: Problem, probe: torch.Tensor, n1: int, n2: int, output: str,
+                 budget: int | None = None) -> None:
         self.problem = problem
+        self.budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+        self.outputs = (0, problem.n_out)
         known = recall(problem.model, problem.key, "structured")
         if isinstance(known, str):
             raise NotApplicableError(known)
@@ -93,15 +110,47 @@ class StructuredMethod(StructuredPlan):
             self.modules = [named[name] for name in self.module_names]
             self.geometries = [module_geometry(m) for m in self.modules]
             self.terms = copy_terms(terms)
+        self.n1, self.n2, self.output = n1, n2, output
         self._choose_forms(n1, n2, output)
 
-    # ------------------------------------------------------------------ per block
-    def features(self, x: torch.Tensor) -> list:
-        """Captured inputs and cotangents of every term, for a block ``x (b, ...)``."""
-        with fast_matmuls_for(self.problem.selected.values()):
-            return self._features(x)
+    # ------------------------------------------------------------------ outputs
+    @property
+    def n_out(self) -> int:
+        """Outputs of the current range (:meth:`set_outputs`)."""
+        return self.outputs[1] - self.outputs[0]
 
-    def _features(self, x: torch.Tensor) -> list:
+    def set_outputs(self, lo: int, hi: int) -> None:
+        """Compute features (and kernels) for outputs ``lo:hi`` only."""
+        self.outputs = (lo, hi)
+        self._choose_forms(self.n1, self.n2, self.output)
+
+    # ------------------------------------------------------------------ per block
+    @property
+    def pair_limit(self) -> int:
+        """Bytes for the chunked temporaries of one pair of blocks."""
+        return max(self.budget // PAIR_SHARE, 1)
+
+    def micro_batch(self) -> int:
+        """Examples per forward/backward pass (its scratch within the budget's share)."""
+        return max(1, (self.budget // SCRATCH_SHARE) // max(self._scratch_per_example(), 1))
+
+    def features(self, x) -> tuple:
+        """Captured inputs and cotangents (or per-layer Jacobians) of every term, for a
+        block ``x`` of ``b`` examples, run in micro-batches."""
+        with fast_matmuls_for(self.problem.selected.values()):
+            b, step = len(x), self.micro_batch()
+            if b <= step:
+                return b, self._features(x)
+            out: list = []
+            for start in range(0, b, step):
+                part = self._features(x[start : start + step])
+                if not out:
+                    out = [(store, _empty_like_block(d, b)) for store, d in part]
+                for (store, whole), (_, d) in zip(out, part):
+                    _copy_into(whole, d, start)
+            return b, out
+
+    def _features(self, x) -> list:
         out, inputs, probes = self._forward(x, self.problem.selected)
         if [len(c) for c in inputs] != self.calls:
             raise ModelError(
@@ -109,123 +158,157 @@ class StructuredMethod(StructuredPlan):
                 "use method='jacobian' or 'ntk_vp'"
             )
         flat = [d for per in probes for d in per]
-        o, b = self.problem.n_out, x.shape[0]
-        basis = torch.eye(o, dtype=out.dtype, device=out.device)[:, None, :].expand(o, b, o)
+        lo, hi = self.outputs
+        o, b = hi - lo, len(x)
+        basis = torch.eye(self.problem.n_out, dtype=out.dtype, device=out.device)[lo:hi]
+        basis = basis[:, None, :].expand(o, b, self.problem.n_out)
         try:
             if o == 1:  # one backward of a scalar (grad_outputs would make torch import sympy: ≈ 1 s)
                 grads = [None if g is None else g[None]
-                         for g in torch.autograd.grad(out.sum(), flat, allow_unused=True)]
+                         for g in torch.autograd.grad(out[:, lo].sum(), flat, allow_unused=True)]
             else:
                 grads = torch.autograd.grad(out, flat, grad_outputs=basis, is_grads_batched=True,
                                             allow_unused=True)
         except RuntimeError:  # a backward formula without a batching rule: one pass per output
-            rows = [torch.autograd.grad(out[:, k].sum(), flat, retain_graph=k + 1 < o,
-                                        allow_unused=True) for k in range(o)]
+            rows = [torch.autograd.grad(out[:, k].sum(), flat, retain_graph=k + 1 < hi,
+                                        allow_unused=True) for k in range(lo, hi)]
             grads = [None if r[0] is None else torch.stack(r) for r in zip(*rows)]
         grads = [torch.zeros((o, *d.shape), dtype=d.dtype, device=d.device) if g is None else g.detach()
                  for g, d in zip(grads, flat)]
         it = iter(grads)
         per_call = [[next(it) for _ in per] for per in probes]
-        terms = []
-        for term in self.terms:
-            form = "jac" if term.kind in ("bias", "scale") else term.form
-            feats = term_features(self.geometries, term, inputs, per_call, form)
-            if form == "gram":  # contiguous once here, not at every pair
-                feats = tuple(t.contiguous() for t in feats)
-            terms.append((form, feats))
-        return b, terms
+        return [store_features(self.geometries, term, inputs, per_call, term.store)
+                for term in self.terms]
 
     def pair(self, f1: tuple, f2: tuple, output: str) -> torch.Tensor:
         """The kernel block of two feature blocks: ``(b1, b2)``, ``(b1, b2, o, o)`` or ``(b1, b2, o)``.
 
-        A block with itself (``f1 is f2``, on the diagonal of a symmetric kernel) is symmetric:
-        when its products are large it is cut into row chunks of examples and only the chunk
-        pairs on and above the diagonal are computed (about ``(k+1)/2k`` of the flops).
+        Every term is added over a grid of example chunks small enough for its temporaries;
+        a block with itself (``f1 is f2``, on the diagonal of a symmetric kernel) computes
+        only the chunk pairs on and above the diagonal and mirrors the rest.
         """
-        chunks = self._self_chunks(f1, output) if f1 is f2 else 1
-        if chunks == 1:
-            return self._pair(f1, f2, output)
-        b = f1[0]
-        bounds = even_bounds(b, chunks)
-        tiles = walk(bounds, bounds, symmetric=True)
-        parts = {t.r0: slice_features(f1, t.r0, t.r1) for t in tiles if t.diagonal}
-
-        def compute(t: Tile):
-            return (self._pair(parts[t.r0], parts[t.c0], output),)
-
-        def outputs(first):
-            return [first[0].new_empty((b, b, *first[0].shape[2:]))]
-
-        # the caller symmetrizes the whole block: its diagonal chunks are written as computed
-        (out,) = assemble(tiles, compute, outputs, symmetric=True, symmetrize_diagonal=False,
-                          swap=lambda part: swap(part, output))
-        return out
+        (b1, terms1), (b2, terms2) = f1, f2
+        same = f1 is f2
+        first = terms1[0][1]
+        acc = Accumulator(output, b1, b2, self.n_out, first if terms1[0][0] == "jac" else first.g)
+        rows = self._chunk_rows(f1, f2, output)
+        bounds1 = even_bounds(b1, math.ceil(b1 / rows))
+        bounds2 = bounds1 if same else even_bounds(b2, math.ceil(b2 / rows))
+        tiles = [(r0, r1, c0, c1) for r0, r1 in bounds1 for c0, c1 in bounds2 if not same or c0 >= r0]
+        limit = self.pair_limit if same else self.pair_limit // 2
+        for term, (store, d1), (_, d2) in zip(self.terms, terms1, terms2):
+            if store == "jac":
+                pieces = [(d1, d2)]
+            elif term.form == "jac":
+                pieces = ((j, j) for j in jacobian_chunks(d1, limit)) if same else zip(
+                    jacobian_chunks(d1, limit), jacobian_chunks(d2, limit))
+            else:
+                for r0, r1, c0, c1 in tiles:
+                    add_gram(acc.part(r0, r1, c0, c1), d1.patches(r0, r1), d1.g[r0:r1],
+                             d2.patches(c0, c1), d2.g[c0:c1])
+                continue
+            for j1, j2 in pieces:
+                for r0, r1, c0, c1 in tiles:
+                    acc.part(r0, r1, c0, c1).add_jacobians(j1[r0:r1], j2[c0:c1])
+        if same:
+            for r0, r1, c0, c1 in tiles:
+                if c0 != r0:
+                    acc.mirror(r0, r1, c0, c1)
+        return acc.result()
 
     def self_diagonal(self, f: tuple) -> torch.Tensor:
         """``(b,)``: ``Σ_o |∂f_o(x_i)/∂w|²`` per example of a feature block, no pairs of
         different examples (Gram terms: ``Σ_{p,q} <ã_p, ã_q> Σ_{o,c} g[o,c,p] g[o,c,q]``)."""
-        b, terms = f
+        _, terms = f
         total = None
-        for form, d in terms:
-            if form == "jac":
+        for term, (store, d) in zip(self.terms, terms):
+            if store == "jac":
                 part = d.square().sum((1, 2))
+            elif term.form == "jac":
+                part = sum(j.square().sum((1, 2)) for j in jacobian_chunks(d, self.pair_limit))
             else:
-                a, g = d  # (b, G, P, K), (b, o, G, C, P)
-                G, P = a.shape[1], a.shape[2]
-                gram_a = torch.bmm(a.reshape(b * G, P, -1), a.reshape(b * G, P, -1).transpose(1, 2))
-                h = g.transpose(1, 2).reshape(b * G, -1, P)
-                gram_g = torch.bmm(h.transpose(1, 2), h)
-                part = (gram_a * gram_g).reshape(b, -1).sum(1)
+                part = self_gram_diagonal(d)
             total = part if total is None else total + part
         return total
 
-    def _self_chunks(self, f: tuple, output: str) -> int:
-        """Row chunks for the symmetric block of ``f`` with itself (1: not worth cutting)."""
-        b, terms = f
-        o = self.problem.n_out
+    def _chunk_rows(self, f1: tuple, f2: tuple, output: str) -> int:
+        """Examples per chunk of the pair grid: small enough for every Gram term's
+        temporaries and, for a large block with itself, for the symmetric saving."""
+        (b1, terms1), (b2, terms2) = f1, f2
+        rows = max(b1, b2)
+        for term, (store, d1), (_, d2) in zip(self.terms, terms1, terms2):
+            if store == "ag" and term.form == "gram":
+                rows = min(rows, gram_rows(d1, d2, output, self.n_out, self.pair_limit))
+        if f1 is f2 and self._pair_flops(b1, output) >= SYMMETRIC_CHUNK_FLOPS:
+            chunks = max(1, min(SYMMETRIC_CHUNKS, b1 // SYMMETRIC_CHUNK_MIN))
+            rows = min(rows, math.ceil(b1 / chunks))
+        return max(1, rows)
+
+    def _pair_flops(self, b: int, output: str) -> float:
+        o = self.n_out
         o_pair = o * o if output == "full" else o
-        flops = 0
-        for (form, _), term in zip(terms, self.terms):
+        flops = 0.0
+        for term in self.terms:
             s = term.shape
-            if form == "gram":
+            if term.form == "gram" and term.kind not in ("bias", "scale"):
                 flops += 2 * b * b * s["G"] * s["P"] ** 2 * (s["K"] + o_pair * s["C"])
             else:
                 flops += 2 * b * b * o_pair * s["G"] * s["C"] * s["K"]
-        if flops < SYMMETRIC_CHUNK_FLOPS:
-            return 1
-        return max(1, min(SYMMETRIC_CHUNKS, b // SYMMETRIC_CHUNK_MIN))
-
-    def _pair(self, f1: tuple, f2: tuple, output: str) -> torch.Tensor:
-        (b1, terms1), (b2, terms2) = f1, f2
-        like = terms1[0][1] if terms1[0][0] == "jac" else terms1[0][1][0]
-        acc = Accumulator(output, b1, b2, self.problem.n_out, like)
-        for (form, d1), (_, d2) in zip(terms1, terms2):
-            if form == "jac":
-                acc.add_jacobians(d1, d2)
-            else:
-                add_gram(acc, *d1, *d2)
-        return acc.result()
+        return flops
 
     # ------------------------------------------------------------------ memory
-    def feature_bytes(self, b: int) -> int:
-        """Bytes of the stored features of ``b`` examples plus the hooked forward/backward."""
-        p = self.problem
+    def _stored_per_example(self) -> int:
+        """Entries kept per example by :meth:`features`."""
+        o = self.n_out
         stored = 0
         for term in self.terms:
             s = term.shape
-            if term.form == "gram" and term.kind not in ("bias", "scale"):
-                stored += s["G"] * s["P"] * s["K"] + p.n_out * s["G"] * s["C"] * s["P"]
+            if term.store == "jac":
+                stored += o * s["G"] * s["C"] * s["K"]
             else:
-                stored += p.n_out * s["G"] * s["C"] * s["K"]
-        scratch = (3 + 2 * p.n_out) * p.act_numel
-        return b * (stored + scratch) * p.itemsize
+                a = s["R"] if len(term.uses) == 1 else s["G"] * s["P"] * s["K"]
+                stored += a + o * s["G"] * s["C"] * s["P"]
+        return stored
+
+    def _scratch_per_example(self) -> int:
+        """Bytes of one example's hooked forward/backward (cotangents of every output, the
+        graph, per-layer Jacobians formed from patches) and its features before copying."""
+        p = self.problem
+        patches = max((t.shape["G"] * t.shape["P"] * t.shape["K"] for t in self.terms
+                       if t.store == "jac" and t.kind not in ("bias", "scale")), default=0)
+        entries = (3 + 2 * self.n_out) * p.act_numel + patches + self._stored_per_example()
+        return entries * p.itemsize
+
+    def feature_bytes(self, b: int) -> int:
+        """Bytes of the stored features of ``b`` examples plus one micro-batch's scratch."""
+        scratch = min(b, self.micro_batch()) * self._scratch_per_example()
+        return b * self._stored_per_example() * self.problem.itemsize + scratch
 
     def pair_bytes(self, b1: int, b2: int, output: str) -> int:
-        o = self.problem.n_out
+        o = self.n_out
         o_pair = o * o if output == "full" else o
-        temp = 0
+        temp = 0  # one pair's temporaries unchunked (chunks keep them under pair_limit)
         for term in self.terms:
-            if term.form == "gram" and term.kind not in ("bias", "scale"):
-                s = term.shape
-                temp = max(temp, s["G"] * s["P"] * s["P"] * (2 + o_pair))
-        return b1 * b2 * (2 * o_pair + temp) * self.problem.itemsize
+            s = term.shape
+            if term.store == "ag" and term.form == "gram":
+                extra = o_pair if output != "trace" else 1
+                temp = max(temp, s["G"] * s["P"] ** 2 * (3 + extra) * b1 * b2)
+            elif term.store == "ag":
+                temp = max(temp, (b1 + b2) * o * s["G"] * s["C"] * s["K"])
+        return (2 * b1 * b2 * o_pair + min(temp, self.pair_limit)) * self.problem.itemsize
+
+
+def _empty_like_block(d, b: int):
+    """An uninitialized container for ``b`` examples shaped like one micro-batch's ``d``."""
+    if isinstance(d, Stored):
+        return Stored(d.a.new_empty((b, *d.a.shape[1:])), d.g.new_empty((b, *d.g.shape[1:])),
+                      d.geo, d.term)
+    return d.new_empty((b, *d.shape[1:]))
+
+
+def _copy_into(whole, part, start: int) -> None:
+    if isinstance(whole, Stored):
+        whole.a[start : start + len(part)] = part.a
+        whole.g[start : start + len(part)] = part.g
+    else:
+        whole[start : start + part.shape[0]] = part
