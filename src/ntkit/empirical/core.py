@@ -44,6 +44,9 @@ class Plan:
             (such methods are skipped; empty when the cheapest one ran).
         param_blocks: parameter groups the Jacobian method forms one after another (1
             unless the Jacobians of one example for all parameters exceed the budget).
+        output_groups: the structured method computes ``trace``/``diagonal`` kernels for
+            this many groups of outputs one after another (summed or stacked): fewer
+            outputs per pass keep the features of more examples in memory.
     """
 
     method: str
@@ -52,6 +55,7 @@ class Plan:
     structured_reason: str | None
     failures: dict = field(default_factory=dict)
     param_blocks: int = 1
+    output_groups: int = 1
 
 
 def empirical_ntk(
@@ -127,11 +131,18 @@ def empirical_ntk(
                                               model_kwargs, batch_size, memory_budget)
         budget = parse_budget(memory_budget)
         try:
-            if output == "diagonal_batch":
-                kernel = diagonal_batch(runner, x1, plan.block)
-            else:
-                n_examples = len(x1) + (0 if x2 is None else len(x2))
-                kernel = tile(runner, x1, x2, output, plan.block, caches(runner, n_examples, budget))
+            parts = []
+            for lo, hi in output_ranges(_problem.n_out, plan.output_groups):
+                if plan.output_groups > 1:
+                    runner.set_outputs(lo, hi)
+                if output == "diagonal_batch":
+                    parts.append(diagonal_batch(runner, x1, plan.block))
+                else:
+                    n_examples = len(x1) + (0 if x2 is None else len(x2))
+                    parts.append(tile(runner, x1, x2, output, plan.block,
+                                      caches(runner, n_examples, budget)))
+            kernel = parts[0] if len(parts) == 1 else (
+                torch.cat(parts, dim=-1) if output == "diagonal" else sum(parts[1:], parts[0]))
         except NtkitError:
             raise
         except (RuntimeError, NotImplementedError) as err:
@@ -156,6 +167,41 @@ def plan_empirical_ntk(model: nn.Module, x1: Any, x2: Any = None, *, output: str
     with torch.enable_grad(), traceable(model):
         return _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_size,
                      memory_budget)[3]
+
+
+def output_ranges(n_out: int, groups: int) -> list[tuple[int, int]]:
+    """``groups`` consecutive ranges of outputs of (nearly) equal sizes."""
+    size = math.ceil(n_out / groups)
+    return [(lo, min(n_out, lo + size)) for lo in range(0, n_out, size)]
+
+
+def _output_groups(runner, n: int, n_examples: int, symmetric: bool, output: str, budget: int,
+                   batch_size: int | None) -> int:
+    """Output groups for the structured method: the count with the fewest estimated passes.
+
+    A group of ``k`` outputs costs one forward and ``k`` backward passes per example, times
+    the number of times each example's features are computed (1 when all fit in half the
+    budget, else about ``(rows + 1) / 2`` for a symmetric kernel, ``rows`` otherwise).
+    """
+    o = runner.problem.n_out
+    if output not in ("trace", "diagonal", "diagonal_batch") or o == 1:
+        return 1
+    best, best_cost = 1, math.inf
+    for groups in sorted({math.ceil(o / size) for size in range(1, o + 1)}):
+        runner.set_outputs(0, math.ceil(o / groups))
+        try:
+            block = block_size(runner, n, "trace" if output == "diagonal_batch" else output, budget,
+                               batch_size)
+        except MemoryBudgetError:
+            continue
+        rows = math.ceil(n / block)
+        repeat = 1 if output == "diagonal_batch" or caches(runner, n_examples, budget) else (
+            (rows + 1) / 2 if symmetric else rows)
+        cost = (groups + o) * repeat
+        if cost < best_cost:
+            best, best_cost = groups, cost
+    runner.set_outputs(0, math.ceil(o / best))
+    return best
 
 
 def diagonal_batch(runner, x: Examples, block: int) -> torch.Tensor:
@@ -212,7 +258,7 @@ def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_
     """``(problem, x1, x2, plan, runner)``: inputs as :class:`Examples`, the chosen method.
 
     ``check_size=False`` skips the refusal of an output that cannot be allocated (a kernel
-    source computes tiles of it, never the whole matrix).
+    source computes tiles of it, never the whole matrix) and keeps every output in one group.
     """
     check_choice(output, "output", OUTPUTS)
     check_choice(method, "method", METHODS)
@@ -256,9 +302,17 @@ def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_
     def plan_for(name, costs, failures):
         runner = runners[name]
         groups = len(getattr(runner, "groups", [None]))
-        return problem, x1, x2, Plan(name, blocks[name], costs, reason, failures, groups), runner
+        outputs = split.get(name, 1)
+        if name == "structured" and outputs == 1:
+            runner.set_outputs(0, problem.n_out)
+        return problem, x1, x2, Plan(name, blocks[name], costs, reason, failures, groups,
+                                     outputs), runner
 
     blocks: dict = {}
+    split: dict = {}  # method -> output groups (structured, whole kernels only)
+    if structured is not None and check_size:
+        split["structured"] = _output_groups(structured, n, n_examples, symmetric, output, budget,
+                                             batch_size)
     if method != "auto":
         blocks[method] = block_of(runners[method])
         return plan_for(method, {}, {})

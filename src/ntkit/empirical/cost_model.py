@@ -106,7 +106,8 @@ def structured_cost(method, fp: float, n1: int, n2: int, symmetric: bool, output
     problem = method.problem
     o = problem.n_out
     o_pair = _per_pair_outputs(output, o)
-    per_example = (1 + 2 * o) * fp + STRUCTURED_ACTIVATION * o * problem.act_numel
+    groups = math.ceil(o / method.n_out)  # output groups: one forward pass each
+    per_example = (groups + 2 * o) * fp + STRUCTURED_ACTIVATION * o * problem.act_numel
     per_pair = STRUCTURED_OUTPUT_ENTRY * o_pair * len(method.terms)
     for term in method.terms:
         s = term.shape

@@ -276,7 +276,7 @@ class StructuredMethod(StructuredPlan):
         p = self.problem
         patches = max((t.shape["G"] * t.shape["P"] * t.shape["K"] for t in self.terms
                        if t.store == "jac" and t.kind not in ("bias", "scale")), default=0)
-        entries = (3 + 2 * self.n_out) * p.act_numel + patches + self._stored_per_example()
+        entries = (3 + self.n_out) * p.act_numel + patches + self._stored_per_example()
         return entries * p.itemsize
 
     def feature_bytes(self, b: int) -> int:

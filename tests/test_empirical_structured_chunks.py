@@ -1,0 +1,116 @@
+"""The structured path's memory devices change nothing but memory and speed.
+
+Each combination of what a feature block keeps (per-layer Jacobians, or layer inputs and
+cotangents) and how a term is contracted (per-layer Jacobians formed a few channels at a
+time, or input/cotangent Grams over sub-blocks of examples), run in micro-batches, with the
+outputs in several groups, under a budget small enough to force every chunking, against a
+naive autograd loop (one ``torch.autograd.grad`` per example and output) in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import ntkit as nk
+from ntkit.empirical import _structured_plan, core, structured
+from ntkit.empirical.jacobian import Accumulator
+
+F64 = torch.float64
+
+
+def _model():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 4, 3, padding=1)
+    return nn.Sequential(conv, nn.Tanh(), nn.Conv2d(4, 3, 3, stride=2), nn.BatchNorm2d(3).eval(),
+                         nn.Flatten(), nn.Linear(12, 3)).double().eval()
+
+
+def _naive(model, x):
+    """``(n, o, P)``: one autograd pass per example and output."""
+    params = list(model.parameters())
+    rows = []
+    for xi in x:
+        out = model(xi[None]).reshape(-1)
+        rows.append(torch.stack([
+            torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[k], params, retain_graph=True)])
+            for k in range(out.numel())]))
+    return torch.stack(rows).detach()
+
+
+def _one_at_a_time(runner, n, n_examples, symmetric, output, *args):
+    if output == "full":  # cross-output products: never split
+        return 1
+    runner.set_outputs(0, 1)
+    return runner.problem.n_out
+
+
+def _force(monkeypatch, store, form):
+    choose = _structured_plan.StructuredPlan._choose_forms
+
+    def forced(self, n1, n2, output):
+        choose(self, n1, n2, output)
+        for term in self.terms:
+            if term.kind not in ("bias", "scale"):
+                term.store, term.form = store, form
+
+    monkeypatch.setattr(_structured_plan.StructuredPlan, "_choose_forms", forced)
+
+
+@pytest.mark.parametrize("store,form", [pytest.param("jac", "jac", marks=pytest.mark.slow), ("ag", "jac"),
+                                        pytest.param("ag", "gram", marks=pytest.mark.slow)])
+def test_chunked_structured_equals_the_naive_loop(monkeypatch, store, form):
+    model = _model()
+    x = torch.randn(9, 2, 5, 5, dtype=F64, generator=torch.Generator().manual_seed(1))
+    jac = _naive(model, x)
+    expected = {"trace": torch.einsum("iop,jop->ij", jac, jac),
+                "diagonal": torch.einsum("iop,jop->ijo", jac, jac),
+                "full": torch.einsum("iop,jqp->ijoq", jac, jac)}
+    expected["diagonal_batch"] = expected["trace"].diagonal()
+    _force(monkeypatch, store, form)
+    mirrored = []
+    mirror = Accumulator.mirror
+    monkeypatch.setattr(Accumulator, "mirror", lambda acc, *b: mirrored.append(b) or mirror(acc, *b))
+    for output, want in expected.items():
+        # micro-batches, Jacobian pieces and Gram sub-blocks of a few examples
+        budget = 150_000 if output == "full" else 60_000
+        monkeypatch.setattr(core, "_output_groups", _one_at_a_time)  # summed or stacked
+        plan = nk.empirical.plan_empirical_ntk(model, x, output=output, method="structured",
+                                               memory_budget=budget)
+        assert plan.output_groups == (1 if output == "full" else 3)
+        got = nk.empirical_ntk(model, x, output=output, method="structured", memory_budget=budget)
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        cross = nk.empirical_ntk(model, x[:4], x[4:], output=output, method="structured",
+                                 memory_budget=budget) if output != "diagonal_batch" else None
+        if cross is not None:
+            torch.testing.assert_close(cross, want[:4, 4:], rtol=1e-10, atol=1e-12)
+        with monkeypatch.context() as m:  # one block, its pairs with itself in row chunks
+            m.setattr(structured, "SYMMETRIC_CHUNK_FLOPS", 0)
+            m.setattr(structured, "SYMMETRIC_CHUNK_MIN", 2)
+            got = nk.empirical_ntk(model, x, output=output, method="structured")
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert mirrored  # pairs of a block with itself: upper chunk pairs, mirrored
+
+
+def test_micro_batches_and_pieces_are_used(monkeypatch):
+    """The budget above does cut the work: several micro-batches, Jacobian pieces of a
+    few channels, Gram sub-blocks (a check that the test above tests something)."""
+    _force(monkeypatch, "ag", "jac")
+    model = _model()
+    x = torch.randn(9, 2, 5, 5, dtype=F64)
+    sizes = []
+    features = structured.StructuredMethod._features
+    monkeypatch.setattr(structured.StructuredMethod, "_features",
+                        lambda self, xb: sizes.append(len(xb)) or features(self, xb))
+    nk.empirical_ntk(model, x, method="structured", memory_budget=60_000)
+    assert max(sizes) < 9 and len(sizes) > 2
+    from ntkit.empirical import _structured_features as sf
+
+    pieces = []
+    chunks = sf.jacobian_chunks
+    monkeypatch.setattr(structured, "jacobian_chunks",
+                        lambda s, limit: [pieces.append(j.shape) or j for j in chunks(s, limit)])
+    nk.empirical_ntk(model, x, method="structured", memory_budget=60_000)
+    # the first conv's Jacobian (4 channels) comes in more than one piece
+    assert len(pieces) > len({p[2] for p in pieces})
