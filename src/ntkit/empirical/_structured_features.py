@@ -53,7 +53,7 @@ def term_features(geometries, term, inputs, grads, form, keep=None):
         raise NotApplicableError(f"the uses of {term.names[0]!r} have different shapes")
     a = torch.cat(a_parts, dim=2) if len(a_parts) > 1 else a_parts[0]
     g = torch.cat(g_parts, dim=4) if len(g_parts) > 1 else g_parts[0]
-    b, o, G, C, P = g.shape
+    G, C, P = g.shape[2:]
     term.shape.update(G=G, C=C, K=a.shape[3], P=P)
     if form == "gram":
         return a, g
@@ -155,7 +155,7 @@ def gram_rows(s1: Stored, s2: Stored, output: str, n_out: int, limit: int) -> in
     extra = {"trace": 1, "diagonal": n_out, "full": n_out * n_out}[output]
     per_pair = G * P * P * (3 + extra) * s1.g.element_size()
     per_example = G * P * (K + n_out * C) * s1.g.element_size()
-    rows = max(1, int(math.isqrt(max(limit // max(per_pair, 1), 1))))
+    rows = max(1, math.isqrt(max(limit // max(per_pair, 1), 1)))
     return max(1, min(rows, limit // max(4 * per_example, 1)))
 
 

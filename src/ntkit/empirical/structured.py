@@ -49,8 +49,15 @@ from ..tiling import even_bounds
 from ._layer_adapters import Geometry, NotApplicableError, module_geometry
 from ._memo import recall, remember
 from ._params import Problem
-from ._structured_features import (Stored, add_gram, gram_rows, jacobian_chunks, self_gram_diagonal,
-                                   slice_features, store_features)
+from ._structured_features import (
+    Stored,
+    add_gram,
+    gram_rows,
+    jacobian_chunks,
+    self_gram_diagonal,
+    slice_features,
+    store_features,
+)
 from ._structured_plan import StructuredPlan, copy_terms
 from .jacobian import Accumulator
 
@@ -146,7 +153,7 @@ class StructuredMethod(StructuredPlan):
                 part = self._features(x[start : start + step])
                 if not out:
                     out = [(store, _empty_like_block(d, b)) for store, d in part]
-                for (store, whole), (_, d) in zip(out, part):
+                for (_, whole), (_, d) in zip(out, part):
                     _copy_into(whole, d, start)
             return b, out
 
