@@ -15,6 +15,7 @@ import math
 import torch
 
 from .._fast_matmul import matmul
+from .._heap import retain_freed_memory
 from ..budget import check_output, format_bytes, parse_budget
 from ..errors import MemoryBudgetError, ShapeError
 from ..kernel import Kernel
@@ -181,6 +182,7 @@ def evaluate(
     Raises MemoryBudgetError before any work when the outputs cannot be allocated
     (:func:`ntkit.budget.check_output`).
     """
+    retain_freed_memory()  # tile temporaries reused from the heap, not page-faulted (ntkit._heap)
     budget = parse_budget(memory_budget)
     want_nngp = want_nngp or not want_ntk
     check_outputs(layer, x1, x2, want_ntk=want_ntk, want_nngp=want_nngp, diagonal=diagonal,
