@@ -1,7 +1,8 @@
 """Module adapters of the structured path: which layers it supports and how they see data.
 
 For each supported module (``nn.Linear``, ``nn.Conv1d/2d/3d``, ntkit's ``NTKDense``/``NTKConv``,
-the affine parameters of ``BatchNorm`` (eval), ``LayerNorm`` and ``GroupNorm``),
+the in-projection of ``nn.MultiheadAttention`` (:mod:`._attention`), the affine parameters of
+``BatchNorm`` (eval), ``LayerNorm`` and ``GroupNorm``),
 :func:`module_geometry` says how its input becomes scaled patches ``(b, G, P, K)``
 (:func:`patches`) and how the cotangents of its output are laid out (:func:`cotangents`);
 see :mod:`ntkit.empirical.structured` for the kernel these feed.
@@ -49,11 +50,24 @@ class Geometry:
     vocab: int = 0
     padding_idx: int | None = None
     dtype: torch.dtype | None = None
+    #: the module's parameter names of the weight and bias
+    weight_attr: str = "weight"
+    bias_attr: str = "bias"
+    #: ``nn.MultiheadAttention``: the in-projection, recorded by a replaced forward
+    #: (:mod:`._attention`) rather than by a forward hook
+    attention: bool = False
 
 
 def module_geometry(module: nn.Module) -> Geometry | None:
     """The geometry of a supported module, ``None`` for any other module."""
     kind = type(module)
+    if isinstance(module, nn.MultiheadAttention):
+        from ._attention import supported
+
+        if not supported(module):
+            return None
+        return Geometry("linear", 1.0, 1.0, weight_attr="in_proj_weight", bias_attr="in_proj_bias",
+                        attention=True)
     if isinstance(module, nn.Linear) and kind.forward is nn.Linear.forward:
         return Geometry("linear", 1.0, 1.0)
     if isinstance(module, NTKDense) and kind.forward is NTKDense.forward:

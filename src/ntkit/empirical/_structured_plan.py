@@ -8,12 +8,14 @@ Jacobian, whichever needs fewer flops (see :mod:`ntkit.empirical.structured`).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from ._attention import attention_forward
 from ._layer_adapters import Geometry, NotApplicableError, module_geometry
 from ._params import Problem
 from ._structured_features import term_features
@@ -24,7 +26,7 @@ class Term:
     """One kernel summand: a weight (with its own layer's bias folded in), a lone bias, or
     the per-channel scale of a normalization layer."""
 
-    kind: str  # "affine" | "weight" | "bias" | "scale"
+    kind: str  # "affine" | "weight" | "bias" | "scale" | "rest" (per-example Jacobians)
     names: tuple[str, ...]  # selected parameter names it covers: (weight[, bias]) or (bias,)
     uses: list[tuple[int, int]]  # (module index, call index) of every use
     form: str = "jac"  # "gram" | "jac" (weights); biases always "jac"
@@ -58,18 +60,16 @@ class StructuredPlan:
         name_of = {id(p): k for k, p in model.named_parameters() if k in selected}
         owners: dict[str, list[tuple[int, str]]] = {k: [] for k in selected}
         index: dict[int, int] = {}
+        elsewhere: set[str] = set()  # parameters of other modules (or other attributes)
         for mname, module in model.named_modules(remove_duplicate=False):
             for attr, p in module._parameters.items():
                 if p is None or id(p) not in name_of:
                     continue
                 geo = module_geometry(module)
-                if geo is None or attr not in ("weight", "bias"):
-                    raise NotApplicableError(
-                        f"parameter {name_of[id(p)]!r} belongs to {type(module).__name__} "
-                        f"{mname!r}; the structured path supports nn.Linear, nn.Conv1d/2d/3d, "
-                        "ntkit's Dense/Conv layers, nn.Embedding and the affine parameters of "
-                        "BatchNorm (eval), LayerNorm and GroupNorm"
-                    )
+                if geo is None or attr not in (geo.weight_attr, geo.bias_attr):
+                    elsewhere.add(name_of[id(p)])
+                    continue
+                attr = "weight" if attr == geo.weight_attr else "bias"
                 if id(module) not in index:
                     index[id(module)] = len(self.modules)
                     self.modules.append(module)
@@ -90,7 +90,7 @@ class StructuredPlan:
                     raise NotApplicableError(f"parameter {name!r} is shared by different layer types")
                 terms.append(Term("scale", (name,), [(m, -1) for m in mods]))
                 continue
-            bias = getattr(self.modules[mods[0]], "bias", None)
+            bias = getattr(self.modules[mods[0]], self.geometries[mods[0]].bias_attr, None)
             bias_name = name_of.get(id(bias)) if bias is not None else None
             if len(mods) == 1 and bias_name is not None and owners[bias_name] == [(mods[0], "bias")]:
                 terms.append(Term("affine", (name, bias_name), [(mods[0], -1)]))
@@ -98,11 +98,23 @@ class StructuredPlan:
             else:
                 terms.append(Term("weight", (name,), [(m, -1) for m in mods]))
         for name, own in owners.items():
-            if name in merged or any(t.names[0] == name for t in terms):
+            if name in merged or not own or any(t.names[0] == name for t in terms):
                 continue
             if any(a != "bias" for _, a in own):
                 raise NotApplicableError(f"parameter {name!r} is both a weight and a bias")
             terms.append(Term("bias", (name,), [(m, -1) for m, _ in own]))
+        rest = tuple(k for k, own in owners.items() if not own)
+        if len(rest) == len(owners):
+            example = sorted(elsewhere)[0] if elsewhere else rest[0]
+            raise NotApplicableError(
+                f"no selected parameter belongs to a supported layer (e.g. {example!r}); the "
+                "structured path supports nn.Linear, nn.Conv1d/2d/3d, ntkit's Dense/Conv layers, "
+                "nn.Embedding, the in-projection of nn.MultiheadAttention (self-attention) and the "
+                "affine parameters of BatchNorm (eval), LayerNorm and GroupNorm"
+            )
+        if rest:  # used by other modules or directly by a forward: per-example Jacobians
+            size = sum(selected[k].numel() for k in rest)
+            terms.append(Term("rest", rest, [], shape=dict(G=1, C=1, K=size, P=1, R=0)))
         return terms
 
     def _forward(self, x: torch.Tensor, selected: dict) -> tuple[torch.Tensor, list, list]:
@@ -110,24 +122,34 @@ class StructuredPlan:
         ``inputs[m]``/``probes[m]`` list each call of module ``m``."""
         inputs: list[list[torch.Tensor]] = [[] for _ in self.modules]
         probes: list[list[torch.Tensor]] = [[] for _ in self.modules]
-        handles = []
+        handles, replaced = [], []
         for i, module in enumerate(self.modules):
-            def hook(mod, args, out, i=i):
+            def record(x, out, i=i):
+                inputs[i].append(x.detach().clone())
+                delta = torch.zeros_like(out, requires_grad=True)
+                probes[i].append(delta)
+                return out + delta
+
+            def hook(mod, args, out, record=record):
                 if not args or not isinstance(args[0], torch.Tensor) or not isinstance(out, torch.Tensor):
                     raise NotApplicableError(
                         f"layer {type(mod).__name__} was called without one tensor input"
                     )
-                inputs[i].append(args[0].detach().clone())
-                delta = torch.zeros_like(out, requires_grad=True)
-                probes[i].append(delta)
-                return out + delta
-            handles.append(module.register_forward_hook(hook))
+                return record(args[0], out)
+
+            if self.geometries[i].attention:
+                module.forward = functools.partial(attention_forward, module, record)
+                replaced.append(module)
+            else:
+                handles.append(module.register_forward_hook(hook))
         try:
             with torch.enable_grad():
                 out = self.problem.f(selected, x)
         finally:
             for h in handles:
                 h.remove()
+            for module in replaced:
+                del module.forward
         return out, inputs, probes
 
     def _verify(self, x: torch.Tensor) -> list[int]:
@@ -146,6 +168,8 @@ class StructuredPlan:
         out, inputs, probes = self._forward(x, problem.selected)
         calls = [len(c) for c in inputs]
         for term in self.terms:
+            if term.kind == "rest":
+                continue
             term.uses = [(m, c) for m, _ in term.uses for c in range(calls[m])]
             if not term.uses:
                 raise NotApplicableError(f"the layer holding {term.names[0]!r} is never called")
@@ -181,6 +205,8 @@ class StructuredPlan:
         tangents: dict[str, torch.Tensor] = {}
         rebuilt, scale = 0.0, 0.0
         for term in self.terms:
+            if term.kind == "rest":  # not rebuilt from layers: no direction along it
+                continue
             if term.kind in ("bias", "scale"):
                 jac = term_features(self.geometries, term, inputs, per_call, "jac", keep=0).reshape(-1)
                 name = term.names[0]
@@ -221,7 +247,8 @@ class StructuredPlan:
         leaves = [problem.selected[k].detach().requires_grad_() for k in names]
         with torch.enable_grad():
             grads = torch.autograd.grad(combined(*leaves), leaves, allow_unused=True)
-        true = sum(float((g * tangents[k]).sum()) for g, k in zip(grads, names) if g is not None)
+        true = sum(float((g * tangents[k]).sum()) for g, k in zip(grads, names)
+                   if g is not None and k in tangents)
         if abs(rebuilt - true) > tol * (scale + abs(true)) + torch.finfo(out.dtype).tiny:
             raise NotApplicableError(
                 "the gradients of the selected parameters are not explained by their layers' "
@@ -237,7 +264,7 @@ class StructuredPlan:
         o_pair = o * o if output == "full" else o
         pairs, examples = n1 * n2, n1 + n2
         for term in self.terms:
-            if term.kind in ("bias", "scale"):
+            if term.kind in ("bias", "scale", "rest"):
                 term.store = "jac"
                 continue
             s = term.shape

@@ -38,6 +38,7 @@ another method; ``method="structured"`` raises ModelError saying why).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -59,7 +60,7 @@ from ._structured_features import (
     store_features,
 )
 from ._structured_plan import StructuredPlan, copy_terms
-from .jacobian import Accumulator
+from .jacobian import Accumulator, JacobianMethod
 
 __all__ = ["NotApplicableError", "StructuredMethod", "slice_features"]
 
@@ -144,18 +145,33 @@ class StructuredMethod(StructuredPlan):
     def features(self, x) -> tuple:
         """Captured inputs and cotangents (or per-layer Jacobians) of every term, for a
         block ``x`` of ``b`` examples, run in micro-batches."""
+        b, step = len(x), self.micro_batch()
+        if b <= step:
+            return b, self._micro_features(x)
+        out: list = []
+        for start in range(0, b, step):
+            part = self._micro_features(x[start : start + step])
+            if not out:
+                out = [(store, _empty_like_block(d, b)) for store, d in part]
+            for (_, whole), (_, d) in zip(out, part):
+                _copy_into(whole, d, start)
+        return b, out
+
+    def _micro_features(self, x) -> list:
         with fast_matmuls_for(self.problem.selected.values()):
-            b, step = len(x), self.micro_batch()
-            if b <= step:
-                return b, self._features(x)
-            out: list = []
-            for start in range(0, b, step):
-                part = self._features(x[start : start + step])
-                if not out:
-                    out = [(store, _empty_like_block(d, b)) for store, d in part]
-                for (_, whole), (_, d) in zip(out, part):
-                    _copy_into(whole, d, start)
-            return b, out
+            feats = self._features(x)
+        return [("jac", self._rest_jacobians(x, term.names)) if term.kind == "rest" else f
+                for term, f in zip(self.terms, feats)]
+
+    def _rest_jacobians(self, x, names: tuple[str, ...]) -> torch.Tensor:
+        """``(b, o, P_rest)``: per-example Jacobians of the parameters outside supported
+        layers, by :class:`~ntkit.empirical.jacobian.JacobianMethod` on the current outputs."""
+        lo, hi = self.outputs
+        sub = _OutputRange(**{f.name: getattr(self.problem, f.name) for f in fields(Problem)}, lo=lo)
+        sub.n_out = hi - lo
+        method = JacobianMethod(sub, x[: min(2, len(x))])
+        method.groups = [list(names)]
+        return torch.cat(method.jacobians(x, 0), dim=2).detach()
 
     def _features(self, x) -> list:
         out, inputs, probes = self._forward(x, self.problem.selected)
@@ -184,7 +200,8 @@ class StructuredMethod(StructuredPlan):
                  for g, d in zip(grads, flat)]
         it = iter(grads)
         per_call = [[next(it) for _ in per] for per in probes]
-        return [store_features(self.geometries, term, inputs, per_call, term.store)
+        return [None if term.kind == "rest" else
+                store_features(self.geometries, term, inputs, per_call, term.store)
                 for term in self.terms]
 
     def pair(self, f1: tuple, f2: tuple, output: str) -> torch.Tensor:
@@ -282,8 +299,11 @@ class StructuredMethod(StructuredPlan):
         graph, per-layer Jacobians formed from patches) and its features before copying."""
         p = self.problem
         patches = max((t.shape["G"] * t.shape["P"] * t.shape["K"] for t in self.terms
-                       if t.store == "jac" and t.kind not in ("bias", "scale")), default=0)
-        entries = (3 + self.n_out) * p.act_numel + patches + self._stored_per_example()
+                       if t.store == "jac" and t.kind not in ("bias", "scale", "rest")), default=0)
+        # parameters outside supported layers: vmap(jacrev) holds about two Jacobians and the
+        # activations per output (as JacobianMethod counts them)
+        rest = sum(2 * (t.shape["K"] + p.act_numel) * self.n_out for t in self.terms if t.kind == "rest")
+        entries = (3 + self.n_out) * p.act_numel + patches + rest + self._stored_per_example()
         return entries * p.itemsize
 
     def feature_bytes(self, b: int) -> int:
@@ -319,3 +339,13 @@ def _copy_into(whole, part, start: int) -> None:
         whole.g[start : start + len(part)] = part.g
     else:
         whole[start : start + part.shape[0]] = part
+
+
+@dataclass
+class _OutputRange(Problem):
+    """A problem whose outputs are ``lo : lo + n_out`` of another's."""
+
+    lo: int = 0
+
+    def f(self, selected: dict[str, torch.Tensor], x) -> torch.Tensor:
+        return self.output(selected, x).reshape(len(x), -1)[:, self.lo : self.lo + self.n_out]
