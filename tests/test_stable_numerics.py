@@ -220,3 +220,11 @@ def test_all_finite_sum_shortcut_is_exact():
         pair[0], pair[-1] = float("inf"), -float("inf")           # sums to NaN, not 0
         assert not all_finite(pair, chunk=1000)
     assert all_finite(torch.empty(0)) and all_finite(torch.arange(3))
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 4), (2, 3, 5), (4, 1, 3, 2)])
+def test_unravel_equals_torch(shape):
+    flat = torch.randint(0, math.prod(shape), (30,), generator=torch.Generator().manual_seed(0))
+    ours, theirs = stable.unravel(flat, shape), torch.unravel_index(flat, shape)
+    assert len(ours) == len(shape)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs))

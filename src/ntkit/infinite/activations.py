@@ -164,7 +164,7 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
         flat = theta.reshape(-1)
         near = (flat > math.pi - _SERIES_BELOW).nonzero().squeeze(1)
         root_near = root_det.reshape(-1)[near]
-        q12_near = torch.broadcast_to(q12, theta.shape)[torch.unravel_index(near, theta.shape)]
+        q12_near = torch.broadcast_to(q12, theta.shape)[stable.unravel(near, theta.shape)]
         t_near = torch.atan2(root_near, -q12_near)  # π − θ, to full relative accuracy
     # dot = ab + c(π − θ): an affine map of θ (accurate to ε·π absolutely; `near` fixes ρ ≈ −1);
     # exactly ab + cπ = (a² + b²)/2 rounded once for a point with itself (θ = 0). Two passes,
@@ -176,7 +176,7 @@ def _arc_cosine_forward(q11, q22, q12, a: float, b: float):
         nngp.add_(root_det, alpha=c)
     if near is not None and near.numel():
         # √(q11 q22)(sin t − t cos t) = √det · (1 − t cot t), since √det = √(q11 q22) sin t.
-        where = torch.unravel_index(near, theta.shape)  # any strides (spatial kernels)
+        where = stable.unravel(near, theta.shape)  # any strides (spatial kernels)
         dot[where] = c * t_near + a * b
         nngp[where] = q12_near * (a * b) + c * root_near * _one_minus_t_cot_t(t_near)
     return dot, nngp, root_det

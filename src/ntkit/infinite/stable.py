@@ -71,6 +71,20 @@ def zero_as_inf(q: torch.Tensor) -> torch.Tensor:
     return torch.where(q > 0, q, math.inf)
 
 
+def unravel(flat: torch.Tensor, shape: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Indices into ``shape`` of the row-major positions ``flat`` (1-D int64), one tensor per dim.
+
+    :func:`torch.unravel_index` without its first-call import of sympy (~1 s, via
+    ``torch.fx``), which would land in the first kernel with a near-antiparallel pair.
+    """
+    out = []
+    for size in reversed(shape[1:]):
+        out.append(flat % size)
+        flat = torch.div(flat, size, rounding_mode="floor")
+    out.append(flat)
+    return tuple(reversed(out))
+
+
 def root_product(q11: torch.Tensor, q22: torch.Tensor) -> torch.Tensor:
     """``√(q11·q22)`` as ``√q11·√q22``: no overflow or underflow of the product (broadcasts)."""
     return torch.sqrt(q11.clamp(min=0)) * torch.sqrt(q22.clamp(min=0))
@@ -235,7 +249,7 @@ def _root_det_refined(q11, q22, q12) -> torch.Tensor:
     det.clamp_(min=0).sqrt_()
     if near.numel():
         shape = det.shape
-        where = torch.unravel_index(near, shape)  # any strides
+        where = unravel(near, shape)  # any strides
         a = torch.broadcast_to(q11, shape)[where].double()
         b = torch.broadcast_to(q22, shape)[where].double()
         c = torch.broadcast_to(q12, shape)[where].double()
