@@ -52,7 +52,7 @@ def _naive(model, x):
 def _terms(model, x):
     with torch.enable_grad(), traceable(model):
         runner = _plan(model, x, None, "trace", "structured", None, None, None, None, None)[4]
-    return {t.names[0]: t.kind for t in runner.terms}
+    return {t.names[0]: t.kind if t.kind != "rest" else "rest:" + t.form for t in runner.terms}
 
 
 def test_attention_layers_are_structured_terms_and_exact():
@@ -61,7 +61,8 @@ def test_attention_layers_are_structured_terms_and_exact():
     x = torch.randn(5, 4, 3, dtype=F64, generator=torch.Generator().manual_seed(1))
     kinds = _terms(model, x)
     assert kinds["attn.in_proj_weight"] == "affine" and kinds["attn.out_proj.weight"] == "affine"
-    assert kinds["offset"] == "rest"  # a parameter used directly by the forward
+    # a parameter added directly by the forward: given once per example, one backward
+    assert kinds["offset"] == "rest:batched"
     jac = _naive(model, x)
     full = torch.einsum("iop,jqp->ijoq", jac, jac)
     for output, want in (("full", full), ("trace", full.diagonal(dim1=2, dim2=3).sum(-1)),
@@ -102,3 +103,31 @@ def test_cross_attention_falls_back():
     jac = _naive(model, x)
     torch.testing.assert_close(nk.empirical_ntk(model, x), torch.einsum("iop,jop->ij", jac, jac),
                                rtol=1e-10, atol=1e-12)
+
+
+def test_parameters_outside_layers_by_either_route():
+    """A PReLU weight cannot be given once per example (per-example Jacobians by vmap); a
+    per-feature scale multiplied in the forward can (one batched backward). Both exact."""
+
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(3, 4)
+            self.act = nn.PReLU()
+            self.scale = nn.Parameter(torch.rand(4) + 0.5)
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.act(self.lin(x)) * self.scale)
+
+    torch.manual_seed(0)
+    model = Mixed().double()
+    x = torch.randn(5, 3, dtype=F64)
+    kinds = _terms(model, x)
+    assert kinds["act.weight"] == "rest:vmap" and kinds["scale"] == "rest:batched"
+    jac = _naive(model, x)
+    full = torch.einsum("iop,jqp->ijoq", jac, jac)
+    torch.testing.assert_close(nk.empirical_ntk(model, x, output="full", method="structured"), full,
+                               rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(nk.empirical_ntk(model, x, output="diagonal_batch", method="structured"),
+                               full.diagonal(dim1=2, dim2=3).sum(-1).diagonal(), rtol=1e-10, atol=1e-12)

@@ -26,10 +26,10 @@ class Term:
     """One kernel summand: a weight (with its own layer's bias folded in), a lone bias, or
     the per-channel scale of a normalization layer."""
 
-    kind: str  # "affine" | "weight" | "bias" | "scale" | "rest" (per-example Jacobians)
+    kind: str  # "affine" | "weight" | "bias" | "scale" | "rest" (a parameter outside them)
     names: tuple[str, ...]  # selected parameter names it covers: (weight[, bias]) or (bias,)
     uses: list[tuple[int, int]]  # (module index, call index) of every use
-    form: str = "jac"  # "gram" | "jac" (weights); biases always "jac"
+    form: str = "jac"  # "gram" | "jac" (weights); biases always "jac"; rest: "batched" | "vmap"
     shape: dict = field(default_factory=dict)  # G, P, K, C, R (raw input entries) after the probe
     #: what a feature block keeps: "jac" (per-example Jacobians) or "ag" (inputs, cotangents)
     store: str = "jac"
@@ -38,6 +38,11 @@ class Term:
 def copy_terms(terms: list[Term]) -> list[Term]:
     """Independent copies (``form`` and ``shape`` are set per call)."""
     return [Term(t.kind, t.names, list(t.uses), t.form, dict(t.shape), t.store) for t in terms]
+
+
+#: A parameter outside supported layers is tried once per example with up to this many
+#: singleton axes after the batch axis (to broadcast like the tensor it is added to).
+BATCHED_LEADS = 4
 
 
 class StructuredPlan:
@@ -112,9 +117,9 @@ class StructuredPlan:
                 "nn.Embedding, the in-projection of nn.MultiheadAttention (self-attention) and the "
                 "affine parameters of BatchNorm (eval), LayerNorm and GroupNorm"
             )
-        if rest:  # used by other modules or directly by a forward: per-example Jacobians
-            size = sum(selected[k].numel() for k in rest)
-            terms.append(Term("rest", rest, [], shape=dict(G=1, C=1, K=size, P=1, R=0)))
+        for name in rest:  # used by other modules or directly by a forward (see _verify)
+            size = selected[name].numel()
+            terms.append(Term("rest", (name,), [], "vmap", dict(G=1, C=1, K=size, P=1, R=0)))
         return terms
 
     def _forward(self, x: torch.Tensor, selected: dict) -> tuple[torch.Tensor, list, list]:
@@ -254,7 +259,50 @@ class StructuredPlan:
                 "the gradients of the selected parameters are not explained by their layers' "
                 "inputs and outputs (a parameter used outside its module's forward?)"
             )
+        true_grads = dict(zip(names, grads))
+        for term in self.terms:
+            if term.kind == "rest":
+                term.form = "vmap"
+                for lead in range(BATCHED_LEADS):  # (b, 1, ..., 1, *shape): where it broadcasts
+                    term.shape["lead"] = lead
+                    if self._batched_ok(term, x, out, weights, true_grads[term.names[0]], tol):
+                        term.form = "batched"
+                        break
         return calls
+
+    def batched_leaf(self, term: Term, b: int) -> torch.Tensor:
+        """A leaf ``(b, 1, ..., 1, *shape)`` (``term.shape["lead"]`` ones) holding the rest
+        term's parameter once per example."""
+        value = self.problem.selected[term.names[0]].detach()
+        shape = (b, *(1,) * term.shape.get("lead", 0), *value.shape)
+        return value.reshape(shape[1:]).unsqueeze(0).expand(shape).clone().requires_grad_()
+
+    def _batched_ok(self, term: Term, x, out: torch.Tensor, weights: torch.Tensor,
+                    true: torch.Tensor | None, tol: float) -> bool:
+        """Whether the forward works unchanged with parameter ``name`` given once per
+        example (``(b, *shape)``, as an offset added to a batched tensor broadcasts), so that
+        one batched backward gives its per-example gradients ("batched" rest term).
+
+        Checked on the probe: the same outputs, the gradient of the first example's
+        combination ``u·f`` zero on the other examples' copies and equal, on the first
+        one's, to the parameter's own gradient (autograd through the unchanged forward).
+        """
+        problem, out, name = self.problem, out.detach(), term.names[0]
+        leaf = self.batched_leaf(term, len(x))
+        try:
+            with torch.enable_grad():
+                again = problem.f({**problem.selected, name: leaf}, x)
+                (g,) = torch.autograd.grad((again * weights).sum(), leaf, allow_unused=True)
+        except Exception:  # the forward cannot take it (shape errors, ...): per-example Jacobians
+            return False
+        size = float(out.abs().max()) + torch.finfo(out.dtype).tiny
+        if again.shape != out.shape or float((again - out).abs().max()) > tol * size:
+            return False
+        g = torch.zeros_like(leaf) if g is None else g
+        true = torch.zeros_like(leaf[0]) if true is None else true.reshape(leaf.shape[1:])
+        scale = float(true.abs().max()) + float(g.abs().max()) + torch.finfo(out.dtype).tiny
+        others = float(g[1:].abs().max()) if g.shape[0] > 1 else 0.0
+        return float((g[0] - true).abs().max()) <= tol * scale and others <= tol * scale
 
     def _choose_forms(self, n1: int, n2: int, output: str) -> None:
         """Per weight term: Gram form or per-layer Jacobian, whichever needs fewer flops; and

@@ -112,8 +112,8 @@ def structured_cost(method, fp: float, n1: int, n2: int, symmetric: bool, output
     for term in method.terms:
         s = term.shape
         G, P, K, C = s["G"], s["P"], s["K"], s["C"]
-        if term.kind == "rest":  # vmap(jacrev) through the model for these parameters
-            per_example += o * fp + JACOBIAN_ENTRY * o * K
+        if term.kind == "rest":  # vmap(jacrev) through the model for this parameter
+            per_example += (o * fp if term.form == "vmap" else 0) + JACOBIAN_ENTRY * o * K
             per_pair += 2 * o_pair * K
         elif term.kind in ("bias", "scale"):
             per_pair += 2 * o_pair * G * C

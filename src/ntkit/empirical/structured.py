@@ -160,7 +160,7 @@ class StructuredMethod(StructuredPlan):
     def _micro_features(self, x) -> list:
         with fast_matmuls_for(self.problem.selected.values()):
             feats = self._features(x)
-        return [("jac", self._rest_jacobians(x, term.names)) if term.kind == "rest" else f
+        return [("jac", self._rest_jacobians(x, term.names)) if f is None else f
                 for term, f in zip(self.terms, feats)]
 
     def _rest_jacobians(self, x, names: tuple[str, ...]) -> torch.Tensor:
@@ -174,13 +174,15 @@ class StructuredMethod(StructuredPlan):
         return torch.cat(method.jacobians(x, 0), dim=2).detach()
 
     def _features(self, x) -> list:
-        out, inputs, probes = self._forward(x, self.problem.selected)
+        batched = {t.names[0]: self.batched_leaf(t, len(x)) for t in self.terms
+                   if t.kind == "rest" and t.form == "batched"}
+        out, inputs, probes = self._forward(x, {**self.problem.selected, **batched})
         if [len(c) for c in inputs] != self.calls:
             raise ModelError(
                 "the forward calls its layers a different number of times for different inputs; "
                 "use method='jacobian' or 'ntk_vp'"
             )
-        flat = [d for per in probes for d in per]
+        flat = [d for per in probes for d in per] + list(batched.values())
         lo, hi = self.outputs
         o, b = hi - lo, len(x)
         basis = torch.eye(self.problem.n_out, dtype=out.dtype, device=out.device)[lo:hi]
@@ -200,8 +202,10 @@ class StructuredMethod(StructuredPlan):
                  for g, d in zip(grads, flat)]
         it = iter(grads)
         per_call = [[next(it) for _ in per] for per in probes]
-        return [None if term.kind == "rest" else
-                store_features(self.geometries, term, inputs, per_call, term.store)
+        # parameters given once per example: their gradients are per-example Jacobians
+        rest = {k: next(it).transpose(0, 1).reshape(b, o, -1) for k in batched}
+        return [(("jac", rest[term.names[0]]) if term.names[0] in rest else None) if term.kind == "rest"
+                else store_features(self.geometries, term, inputs, per_call, term.store)
                 for term in self.terms]
 
     def pair(self, f1: tuple, f2: tuple, output: str) -> torch.Tensor:
@@ -302,7 +306,8 @@ class StructuredMethod(StructuredPlan):
                        if t.store == "jac" and t.kind not in ("bias", "scale", "rest")), default=0)
         # parameters outside supported layers: vmap(jacrev) holds about two Jacobians and the
         # activations per output (as JacobianMethod counts them)
-        rest = sum(2 * (t.shape["K"] + p.act_numel) * self.n_out for t in self.terms if t.kind == "rest")
+        rest = sum(2 * (t.shape["K"] + p.act_numel) * self.n_out for t in self.terms
+                   if t.kind == "rest" and t.form == "vmap")
         entries = (3 + self.n_out) * p.act_numel + patches + rest + self._stored_per_example()
         return entries * p.itemsize
 
