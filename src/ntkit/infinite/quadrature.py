@@ -57,8 +57,10 @@ from . import stable
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
-#: Evaluation points handled at once (bounds the ``(pairs, angles, radii)`` grid).
-_CHUNK_EVALUATIONS = 2**22
+#: Evaluation points handled at once (bounds the ``(pairs, angles, radii)`` grid). 2**18
+#: float64 values (2 MiB per array) keep the ~10 elementwise passes in cache: measured 1.3–2×
+#: faster than 2**22 (arrays past L3) and than 2**14 (Python overhead per block), Tanh/Sigmoid.
+_CHUNK_EVALUATIONS = 2**18
 #: Largest Gauss–Legendre degree per panel: beyond ~64 the rule is exact to rounding already.
 MAX_DEGREE = 256
 #: Half-width (in the activation's argument) of the strip where activations are taken analytic.
@@ -154,12 +156,13 @@ class Reflection(NamedTuple):
         ``f'(−x) = −α·f'(x) − β``."""
         return Reflection(-self.alpha, 0.0, -self.beta)
 
+    def offset(self, x: torch.Tensor) -> torch.Tensor | float:
+        """``β·x + γ`` (a float when ``β = 0``)."""
+        return self.beta * x + self.gamma if self.beta else float(self.gamma)
+
     def apply(self, x: torch.Tensor, fx: torch.Tensor) -> torch.Tensor:
         """``f(−x)`` from ``x`` and ``fx = f(x)``."""
-        out = fx * self.alpha if self.alpha != 1 else fx
-        if self.beta:
-            out = out + self.beta * x
-        return out + self.gamma if self.gamma else out
+        return self.alpha * fx + self.offset(x)
 
 
 #: One expectation ``E[f(u) g(v)]`` to take: ``(f, g, reflection of f, reflection of g)``.
@@ -237,14 +240,26 @@ def gaussian_expectations(
 
 
 def _mirrored_product(f, g, reflect_f, reflect_g, u, v) -> torch.Tensor:
-    """``f(u) g(v) + f(−u) g(−v)`` with as few evaluations as the reflections allow."""
+    """``f(u) g(v) + f(−u) g(−v)`` with as few evaluations and passes as the reflections allow.
+
+    With ``f(−u) = αf·f(u) + cu`` and ``g(−v) = αg·g(v) + cv`` (``c = βx + γ``) the sum is
+    ``(1 + αf·αg) f(u) g(v) + αf·f(u)·cv + αg·g(v)·cu + cu·cv``, accumulated in place.
+    """
     fu, gv = f(u), g(v)
     if reflect_f is None or reflect_g is None:
         return fu * gv + f(-u) * g(-v)
-    if not (reflect_f.beta or reflect_f.gamma or reflect_g.beta or reflect_g.gamma):
-        # f(−u) g(−v) = αf·αg·f(u) g(v): one product, scaled.
-        return fu * gv * (1 + reflect_f.alpha * reflect_g.alpha)
-    return fu * gv + reflect_f.apply(u, fu) * reflect_g.apply(v, gv)
+    out = fu * gv
+    out.mul_(1 + reflect_f.alpha * reflect_g.alpha)
+    cu, cv = reflect_f.offset(u), reflect_g.offset(v)
+    if isinstance(cu, float) and isinstance(cv, float):  # no β: constants
+        if cv:
+            out.add_(fu, alpha=reflect_f.alpha * cv)
+        if cu:
+            out.add_(gv, alpha=reflect_g.alpha * cu)
+        return out.add_(cu * cv) if cu and cv else out
+    out.add_(fu * cv, alpha=reflect_f.alpha)
+    out.add_(gv * cu, alpha=reflect_g.alpha)
+    return out.add_(cu * cv)
 
 
 def _chunk(pairs, s1, s2, beta, a, wa, r, wr) -> list[torch.Tensor]:
