@@ -296,7 +296,7 @@ class StructuredPlan:
         except Exception:  # the forward cannot take it (shape errors, ...): per-example Jacobians
             return False
         size = float(out.abs().max()) + torch.finfo(out.dtype).tiny
-        if again.shape != out.shape or float((again - out).abs().max()) > tol * size:
+        if again.shape != out.shape or float((again.detach() - out).abs().max()) > tol * size:
             return False
         g = torch.zeros_like(leaf) if g is None else g
         true = torch.zeros_like(leaf[0]) if true is None else true.reshape(leaf.shape[1:])

@@ -181,7 +181,9 @@ def _output_groups(runner, n: int, n_examples: int, symmetric: bool, output: str
 
     A group of ``k`` outputs costs one forward and ``k`` backward passes per example, times
     the number of times each example's features are computed (1 when all fit in half the
-    budget, else about ``(rows + 1) / 2`` for a symmetric kernel, ``rows`` otherwise).
+    budget, else about ``(rows + 1) / 2`` for a symmetric kernel, ``rows`` otherwise), plus,
+    when some layer's Jacobians are formed from inputs and cotangents at each pair of blocks,
+    about one backward's work per output and row block.
     """
     o = runner.problem.n_out
     if output not in ("trace", "diagonal", "diagonal_batch") or o == 1:
@@ -197,7 +199,8 @@ def _output_groups(runner, n: int, n_examples: int, symmetric: bool, output: str
         rows = math.ceil(n / block)
         repeat = 1 if output == "diagonal_batch" or caches(runner, n_examples, budget) else (
             (rows + 1) / 2 if symmetric else rows)
-        cost = (groups + o) * repeat
+        formed = any(t.store == "ag" and t.form == "jac" for t in runner.terms)
+        cost = (groups + o) * repeat + (o * rows if formed else 0)
         if cost < best_cost:
             best, best_cost = groups, cost
     runner.set_outputs(0, math.ceil(o / best))
