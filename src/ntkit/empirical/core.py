@@ -96,9 +96,11 @@ def empirical_ntk(
         method: ``"jacobian"`` (per-example Jacobians, contracted: ``N·O·[FP] + N²·O²·P``),
             ``"ntk_vp"`` (NTK-vector products: ``N²·O·[FP]``), ``"structured"`` (input and
             cotangent Grams of ``nn.Linear``/``nn.Conv{1,2,3}d``/ntkit Dense and Conv layers,
-            and the per-channel affine parameters of BatchNorm (eval)/LayerNorm/GroupNorm,
-            never forming whole-model per-example Jacobians; verified against autograd on two
-            examples first; ModelError if a selected parameter sits elsewhere), or ``"auto"``:
+            ``nn.Embedding``, self-attention's projections, and the per-channel affine
+            parameters of BatchNorm (eval)/LayerNorm/GroupNorm, never forming whole-model
+            per-example Jacobians; other parameters per example; verified against autograd on
+            two examples first; ModelError if no selected parameter sits in such a layer or
+            the check fails), or ``"auto"``:
             the methods by increasing estimated cost (:mod:`~ntkit.empirical.cost_model`;
             Novak et al. 2022), the first that runs on two examples of ``x1``
             (:func:`plan_empirical_ntk` reports the choice and any failure). All methods give

@@ -24,15 +24,24 @@ and ``GroupNorm``, whose Jacobians ``Σ_p g_o[c, p] x̂[c, p]`` and ``Σ_p g_o[c
 per example (they have one entry per channel), and ``nn.Embedding`` (without ``max_norm`` or
 ``scale_grad_by_freq``): a lookup is the linear map ``z[p] = Wᵀ onehot(ids[p])``, so its
 input Gram is the count of equal tokens, ``Σ_{p,q} [ids_p = ids'_q]``, and the padding row
-gets no gradient. A parameter may be shared by
-several such layers or used by one layer several times. Before first use (once per model
-structure and input layout: :mod:`._memo`), the decomposition is verified on two probe
-examples against autograd: the layer cotangents of one example must not reach the other,
-and a random directional derivative of the outputs with respect to the selected parameters,
-by forward mode through the model, must equal the one rebuilt from the captured inputs and
-cotangents. A parameter used outside these layers, a layer that mixes
-examples, or any other mismatch makes the path inapplicable (``auto`` then falls back to
-another method; ``method="structured"`` raises ModelError saying why).
+gets no gradient; and the in-projection (``in_proj_weight``/``in_proj_bias``) and
+``out_proj`` of a self-attention ``nn.MultiheadAttention`` (:mod:`._attention`). A parameter
+may be shared by several such layers or used by one layer several times. Parameters that
+belong to no supported layer (a positional table added in ``forward``, a PReLU slope, an
+LSTM's weights) are "rest" terms: given once per example when the forward broadcasts them
+against the batch (one batched backward gives their per-example gradients), else by
+per-example Jacobians (:class:`~ntkit.empirical.jacobian.JacobianMethod`). Before first use
+(once per model structure and input layout: :mod:`._memo`), the decomposition is verified on
+two probe examples against autograd: the layer cotangents of one example must not reach the
+other, a random directional derivative of the outputs with respect to the supported layers'
+parameters must equal the one rebuilt from the captured inputs and cotangents, and a rest
+term given once per example must reproduce the outputs and the parameter's gradient. A
+supported layer's parameter also used outside it, a layer that mixes examples, a model with
+no supported layer, or any other mismatch makes the path inapplicable (``auto`` then falls
+back to another method; ``method="structured"`` raises ModelError saying why).
+
+Memory: see :class:`StructuredMethod` (micro-batches, what a block keeps, chunked pairs,
+output groups; docs/DESIGN.md, "Structured empirical NTK").
 """
 
 from __future__ import annotations
