@@ -15,7 +15,7 @@ import math
 import torch
 
 from .._fast_matmul import matmul
-from .._heap import retain_freed_memory
+from .._heap import tile_heap
 from ..budget import check_output, format_bytes, parse_budget
 from ..errors import MemoryBudgetError, ShapeError
 from ..kernel import Kernel
@@ -182,7 +182,24 @@ def evaluate(
     Raises MemoryBudgetError before any work when the outputs cannot be allocated
     (:func:`ntkit.budget.check_output`).
     """
-    retain_freed_memory()  # tile temporaries reused from the heap, not page-faulted (ntkit._heap)
+    with tile_heap():  # tile temporaries reused from the heap, not page-faulted (ntkit._heap)
+        return _evaluate(layer, x1, x2, want_ntk=want_ntk, diagonal=diagonal, memory_budget=memory_budget,
+                         side1=side1, side2=side2, want_nngp=want_nngp)
+
+
+def _evaluate(
+    layer,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    *,
+    want_ntk: bool,
+    diagonal: bool,
+    memory_budget: int | str | None,
+    side1: dict | None = None,
+    side2: dict | None = None,
+    want_nngp: bool = True,
+) -> Kernel:
+    """:func:`evaluate` inside :func:`ntkit._heap.tile_heap`."""
     budget = parse_budget(memory_budget)
     want_nngp = want_nngp or not want_ntk
     check_outputs(layer, x1, x2, want_ntk=want_ntk, want_nngp=want_nngp, diagonal=diagonal,
