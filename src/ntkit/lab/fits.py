@@ -7,6 +7,9 @@ with heavy-ball momentum ``rl_momentum`` (the update of ``torch.optim.SGD``) on
 ``(1/2n)‖f − y‖²`` with ``η = n/λ_max(H)``, ``H`` the model's infinite-width NTK on the *true*
 training inputs (half the stability limit of plain gradient descent, halved again for the
 CNN; randomized inputs have a smaller ``λ_max`` here, so the same ``η`` is stable for them),
+and for the CNN at most ``(1 − μ)/S_0``, ``S_0`` the finite net's own loss sharpness at
+initialization (:func:`learning_rate_details`: a narrow CNN on large images is far from its
+kernel, and the kernel's step diverged on MNIST),
 until the loss is below ``rl_threshold`` or ``rl_max_steps`` pass.
 
 All the conditions a run asks for are trained together, as one stack of nets
@@ -37,12 +40,53 @@ from .training import steps_to_fit
 
 
 def learning_rate(ctx: Context) -> float:
-    """``η = n/λ_max(H)`` of the run's model on the true training inputs, times the
-    model's :attr:`~ntkit.lab.models.LabModel.lr_scale` (memoized)."""
+    """The fits' step ``η`` (memoized; :func:`learning_rate_details` says how it was chosen)."""
+    return learning_rate_details(ctx)["learning_rate"]
+
+
+def learning_rate_details(ctx: Context) -> dict[str, Any]:
+    """How the fits' step was chosen: ``η_kernel = n/λ_max(H)`` of the model's infinite-width
+    NTK on the true training inputs times :attr:`~ntkit.lab.models.LabModel.lr_scale`, and,
+    for the CNN, at most ``(1 − μ)/S_0``, where ``S_0`` is the sharpness (top Hessian
+    eigenvalue, :func:`ntkit.lab.curvature.loss_sharpness`) of the finite net's training loss
+    at initialization on the true labels and ``μ`` the momentum.
+
+    Why the cap: heavy-ball momentum ``μ`` moves ``η/(1 − μ)`` per unit gradient along
+    slowly varying directions (the effective step); the cap keeps that effective step at half
+    gradient descent's stability limit ``2/S_0`` on the curvature of the net actually trained
+    — the same margin as ``η = n/λ_max(H)``, half the limit ``2n/λ_max(H)``, for the kernel.
+    The fully connected nets (width ≥ 512) train in the lazy regime — their steps to fit match
+    the kernel's linearized dynamics (``steps_to_fit_kernel``) — where heavy ball is stable up
+    to ``ηλ_max/n < 2(1 + μ)``, so they keep the kernel's step. The 16-channel CNN does not:
+    its residual term makes ``S_0`` several times ``λ_max(H)/n`` on large images (MNIST,
+    stride 2: 4.3×), that curvature grows once training moves the weights, and the kernel's
+    step diverged (loss → inf within 10 steps). On digits (8×8, stride 1, ``S_0 ≈ 0.74
+    λ_max(H)/n``) the cap also applies (η 25.7 → 7.0): the kernel's step fitted there, with
+    losses rising to 4× their initial value on the way, and one rule serves every image size.
+
+    Returns ``{"learning_rate", "kernel_learning_rate", "sharpness", "kernel_curvature",
+    "rule"}`` (``sharpness`` is ``None`` for ``fc``; ``kernel_curvature`` is ``λ_max(H)/n``).
+    """
     key = ("lr", "model", ctx.model.name)
     if key not in ctx.cache:
         H = ctx.model.kernel_cached(ctx.data.x_train, ctx.cache)
-        ctx.cache[key] = 0.5 * ctx.model.lr_scale * max_learning_rate(H)
+        eta_k = 0.5 * ctx.model.lr_scale * max_learning_rate(H)
+        n = H.shape[0]
+        out: dict[str, Any] = {"learning_rate": eta_k, "kernel_learning_rate": eta_k, "sharpness": None,
+                               "kernel_curvature": float(torch.linalg.eigvalsh(H)[-1]) / n, "rule": "kernel"}
+        if ctx.model.name != "fc":
+            from .curvature import loss_sharpness
+
+            net = ctx.model.net(ctx.data.d, ctx.seed_for("rl-net"), ctx.device)
+            x = ctx.data.x_train
+            with torch.no_grad():
+                target = ctx.data.y_train + net(x).reshape(-1)  # the fits train h − h_0 on y
+            sharp = loss_sharpness(net, x, target, seed=ctx.seed_for("rl-sharpness"))
+            out["sharpness"] = sharp
+            cap = (1.0 - ctx.sizes.rl_momentum) / sharp if sharp > 0 else math.inf
+            if cap < eta_k:
+                out.update(learning_rate=cap, rule="sharpness")
+        ctx.cache[key] = out
     return ctx.cache[key]
 
 

@@ -76,7 +76,9 @@ class LabModel:
     def lr_scale(self) -> float:
         """Factor on ``η = n/λ_max(H)`` (:mod:`ntkit.lab.fits`): 1 for ``fc``; ½ for the
         CNN, whose 16-channel nets are far enough from their infinite-width kernel that
-        the full step made some runs diverge and their ReLUs die (measured on digits)."""
+        the full step made some runs diverge and their ReLUs die (measured on digits). The
+        CNN's step is further capped by its own curvature
+        (:func:`ntkit.lab.fits.learning_rate_details`)."""
         return 1.0 if self.name == "fc" else 0.5
 
     @property

@@ -35,7 +35,14 @@ import torch
 
 from . import readings as R
 from .context import Context
-from .fits import corrupted_fit, learning_rate, linearized_losses, train_conditions, variant_fit
+from .fits import (
+    corrupted_fit,
+    learning_rate,
+    learning_rate_details,
+    linearized_losses,
+    train_conditions,
+    variant_fit,
+)
 from .numbers import fmt, r, rl
 from .results import ExperimentResult, LabFigure, SummaryRow, new_figure
 from .training import steps_to_fit
@@ -60,6 +67,22 @@ def condition_labels(unit: str) -> dict[str, str]:
     }
 
 
+def _lr_origin(d: dict) -> str:
+    """How η was chosen, in words (:func:`ntkit.lab.fits.learning_rate_details`)."""
+    kernel = "n/λ_max" if d["kernel_learning_rate"] * d["kernel_curvature"] > 0.75 else "n/(2λ_max)"
+    text = f"{kernel} of its NTK on the true inputs"
+    if d["sharpness"] is None:
+        return text
+    ratio = d["sharpness"] / d["kernel_curvature"]
+    if d["rule"] == "sharpness":
+        return (f"(1 − μ)/S_0, below {kernel} = {d['kernel_learning_rate']:.3g} of its NTK: S_0 = "
+                f"{d['sharpness']:.3g}, the top Hessian eigenvalue of the finite net's training loss at "
+                f"initialization, is {ratio:.2g}× the kernel's λ_max/n, and the kernel's step made such nets "
+                "diverge; (1 − μ)/S_0 keeps the momentum's effective step η/(1 − μ) at half gradient "
+                "descent's stability limit 2/S_0")
+    return f"{text}; below (1 − μ)/S_0, S_0 = {d['sharpness']:.3g} the finite net's initial loss sharpness"
+
+
 def run(ctx: Context) -> ExperimentResult:
     """Loss curves of true/random labels and inputs; steps to fit and test error vs corruption."""
     s, data = ctx.sizes, ctx.data
@@ -80,6 +103,8 @@ def run(ctx: Context) -> ExperimentResult:
         "width": ctx.model.width,
         "inputs": data.unit + "s",
         "learning_rate": r(learning_rate(ctx)),
+        "learning_rate_rule": {k: (r(v) if isinstance(v, float) else v)
+                               for k, v in learning_rate_details(ctx).items() if k != "learning_rate"},
         "momentum": s.rl_momentum,
         "threshold": s.rl_threshold,
         "max_steps": s.rl_max_steps,
@@ -123,7 +148,7 @@ def run(ctx: Context) -> ExperimentResult:
         intro=(
             f"{ctx.model.description[0].upper()}{ctx.model.description[1:]} is trained by "
             f"full-batch gradient descent with momentum {s.rl_momentum} and one learning rate "
-            f"η = {learning_rate(ctx):.3g} (n/λ_max of its NTK on the true inputs) for every "
+            f"η = {learning_rate(ctx):.3g} ({_lr_origin(learning_rate_details(ctx))}) for every "
             f"condition, on the mean squared error, until the training loss (1/2n)‖f − y‖² falls "
             f"below {s.rl_threshold:g} (at most {s.rl_max_steps} steps; f = h − h_0 is the net minus "
             "its output at initialization, so the initial residual is the labels): on true labels, "
