@@ -34,7 +34,8 @@ large copy or add, far out of cache).
   tile-sized temporaries (1 MiB at 512² float32) hundreds of times a second; glibc returns
   such blocks to the OS (``mmap``/trim) and every reuse then page-faults the memory in again
   (measured on the 2-core AMD EPYC: ~1,400 faults and 20–30% of a tile's CPU time).
-  :func:`keep_freed_memory`, called when a large walk starts, raises glibc's mmap and trim
+  :func:`keep_freed_memory`, called when a kernel evaluation (``ntkit.infinite.engine``) or
+  a large walk starts, raises glibc's mmap and trim
   thresholds (``mallopt``, as ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` would)
   so that freed temporaries are reused without faults; the process then keeps up to
   :data:`TRIM_BYTES` of freed heap instead of returning it at once. Nothing happens off

@@ -14,8 +14,8 @@ import math
 
 import torch
 
+from .. import hardware
 from .._fast_matmul import matmul
-from .._heap import tile_heap
 from ..budget import check_output, format_bytes, parse_budget
 from ..errors import MemoryBudgetError, ShapeError
 from ..kernel import Kernel
@@ -182,24 +182,8 @@ def evaluate(
     Raises MemoryBudgetError before any work when the outputs cannot be allocated
     (:func:`ntkit.budget.check_output`).
     """
-    with tile_heap():  # tile temporaries reused from the heap, not page-faulted (ntkit._heap)
-        return _evaluate(layer, x1, x2, want_ntk=want_ntk, diagonal=diagonal, memory_budget=memory_budget,
-                         side1=side1, side2=side2, want_nngp=want_nngp)
-
-
-def _evaluate(
-    layer,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
-    *,
-    want_ntk: bool,
-    diagonal: bool,
-    memory_budget: int | str | None,
-    side1: dict | None = None,
-    side2: dict | None = None,
-    want_nngp: bool = True,
-) -> Kernel:
-    """:func:`evaluate` inside :func:`ntkit._heap.tile_heap`."""
+    # Freed tile temporaries reused from the heap, not page-faulted in again per tile.
+    hardware.keep_freed_memory()
     budget = parse_budget(memory_budget)
     want_nngp = want_nngp or not want_ntk
     check_outputs(layer, x1, x2, want_ntk=want_ntk, want_nngp=want_nngp, diagonal=diagonal,
