@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import ntkit as nk
+from autograd_reference import per_example_jacobian
 from ntkit.empirical.core import _plan
 from ntkit.empirical.traceable import traceable
 
@@ -38,17 +39,6 @@ class TimeMajorAttention(nn.Module):
         return self.out(a.mean(0))
 
 
-def _naive(model, x):
-    params = list(model.parameters())
-    rows = []
-    for xi in x:
-        out = model(xi[None]).reshape(-1)
-        rows.append(torch.stack([
-            torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[k], params, retain_graph=True)])
-            for k in range(out.numel())]))
-    return torch.stack(rows).detach()
-
-
 def _terms(model, x):
     with torch.enable_grad(), traceable(model):
         runner = _plan(model, x, None, "trace", "structured", None, None, None, None, None)[4]
@@ -63,7 +53,7 @@ def test_attention_layers_are_structured_terms_and_exact():
     assert kinds["attn.in_proj_weight"] == "affine" and kinds["attn.out_proj.weight"] == "affine"
     # a parameter added directly by the forward: given once per example, one backward
     assert kinds["offset"] == "rest:batched"
-    jac = _naive(model, x)
+    jac = per_example_jacobian(model, x)
     full = torch.einsum("iop,jqp->ijoq", jac, jac)
     for output, want in (("full", full), ("trace", full.diagonal(dim1=2, dim2=3).sum(-1)),
                          ("diagonal", full.diagonal(dim1=2, dim2=3))):
@@ -100,7 +90,7 @@ def test_cross_attention_falls_back():
     x = torch.randn(4, 3, 3, dtype=F64)
     plan = nk.empirical.plan_empirical_ntk(model, x)
     assert "cross-attention" in plan.structured_reason and plan.method != "structured"
-    jac = _naive(model, x)
+    jac = per_example_jacobian(model, x)
     torch.testing.assert_close(nk.empirical_ntk(model, x), torch.einsum("iop,jop->ij", jac, jac),
                                rtol=1e-10, atol=1e-12)
 
@@ -125,7 +115,7 @@ def test_parameters_outside_layers_by_either_route():
     x = torch.randn(5, 3, dtype=F64)
     kinds = _terms(model, x)
     assert kinds["act.weight"] == "rest:vmap" and kinds["scale"] == "rest:batched"
-    jac = _naive(model, x)
+    jac = per_example_jacobian(model, x)
     full = torch.einsum("iop,jqp->ijoq", jac, jac)
     torch.testing.assert_close(nk.empirical_ntk(model, x, output="full", method="structured"), full,
                                rtol=1e-10, atol=1e-12)

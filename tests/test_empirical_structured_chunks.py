@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import ntkit as nk
+from autograd_reference import per_example_jacobian
 from ntkit.empirical import _structured_plan, core, structured
 from ntkit.empirical.jacobian import Accumulator
 
@@ -25,18 +26,6 @@ def _model():
     conv = nn.Conv2d(2, 4, 3, padding=1)
     return nn.Sequential(conv, nn.Tanh(), nn.Conv2d(4, 3, 3, stride=2), nn.BatchNorm2d(3).eval(),
                          nn.Flatten(), nn.Linear(12, 3)).double().eval()
-
-
-def _naive(model, x):
-    """``(n, o, P)``: one autograd pass per example and output."""
-    params = list(model.parameters())
-    rows = []
-    for xi in x:
-        out = model(xi[None]).reshape(-1)
-        rows.append(torch.stack([
-            torch.cat([g.reshape(-1) for g in torch.autograd.grad(out[k], params, retain_graph=True)])
-            for k in range(out.numel())]))
-    return torch.stack(rows).detach()
 
 
 def _one_at_a_time(runner, n, n_examples, symmetric, output, *args):
@@ -63,7 +52,7 @@ def _force(monkeypatch, store, form):
 def test_chunked_structured_equals_the_naive_loop(monkeypatch, store, form):
     model = _model()
     x = torch.randn(9, 2, 5, 5, dtype=F64, generator=torch.Generator().manual_seed(1))
-    jac = _naive(model, x)
+    jac = per_example_jacobian(model, x)
     expected = {"trace": torch.einsum("iop,jop->ij", jac, jac),
                 "diagonal": torch.einsum("iop,jop->ijo", jac, jac),
                 "full": torch.einsum("iop,jqp->ijoq", jac, jac)}

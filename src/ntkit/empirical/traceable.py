@@ -75,7 +75,7 @@ def _bound(module: nn.Module):
 def _cell(kind: str, nonlinearity: str, x_proj: torch.Tensor, h: torch.Tensor, c: torch.Tensor | None,
           w_hh: torch.Tensor, b_hh: torch.Tensor | None, w_hr: torch.Tensor | None):
     """One time step; ``x_proj = x_t W_ihᵀ + b_ih`` was computed for all steps at once."""
-    hh = h @ w_hh.T
+    hh = h @ w_hh.mT  # .mT: also right for per-example (b, out, in) weights
     if b_hh is not None:
         hh = hh + b_hh
     if kind == "LSTM":
@@ -83,7 +83,7 @@ def _cell(kind: str, nonlinearity: str, x_proj: torch.Tensor, h: torch.Tensor, c
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h = torch.sigmoid(o) * torch.tanh(c)
         if w_hr is not None:
-            h = h @ w_hr.T
+            h = h @ w_hr.mT
         return h, c
     if kind == "GRU":
         xr, xz, xn = x_proj.chunk(3, dim=-1)
@@ -134,7 +134,7 @@ def rnn_forward(module: nn.Module, input: torch.Tensor, hx=None):
             b_ih = getattr(module, "bias_ih" + sfx) if module.bias else None
             b_hh = getattr(module, "bias_hh" + sfx) if module.bias else None
             w_hr = getattr(module, "weight_hr" + sfx) if proj > 0 else None
-            x_proj = layer_in @ w_ih.T
+            x_proj = layer_in @ w_ih.mT
             if b_ih is not None:
                 x_proj = x_proj + b_ih
             k = layer * directions + d
