@@ -26,6 +26,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+# The empirical NTK of a 3-layer MLP on 128 examples; width and method filled in per case.
+EMPIRICAL_MLP = """
+from torch import nn
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(64, {width}), nn.ReLU(), nn.Linear({width}, {width}), nn.ReLU(),
+                      nn.Linear({width}, 10)).double()
+x = torch.randn(128, 64, dtype=torch.float64, generator=g)
+def call():
+    return nk.empirical_ntk(model, x, {method_args})
+"""
+
 CASES = {
     "fc 2000x64 float64": """
 arch = nk.mlp(3, 512, "relu", W_std=2**0.5, b_std=0.1)
@@ -46,24 +57,9 @@ x = torch.randn(40, 3, 8, 8, dtype=torch.float64, generator=g)
 def call():
     return arch.kernel(x, get="ntk")
 """,
-    "empirical mlp 128 structured": """
-from torch import nn
-torch.manual_seed(0)
-model = nn.Sequential(nn.Linear(64, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(),
-                      nn.Linear(512, 10)).double()
-x = torch.randn(128, 64, dtype=torch.float64, generator=g)
-def call():
-    return nk.empirical_ntk(model, x, method="structured")
-""",
-    "empirical mlp 128 jacobian": """
-from torch import nn
-torch.manual_seed(0)
-model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                      nn.Linear(256, 10)).double()
-x = torch.randn(128, 64, dtype=torch.float64, generator=g)
-def call():
-    return nk.empirical_ntk(model, x, method="jacobian", batch_size=32)
-""",
+    "empirical mlp 128 structured": EMPIRICAL_MLP.format(width=512, method_args='method="structured"'),
+    "empirical mlp 128 jacobian": EMPIRICAL_MLP.format(
+        width=256, method_args='method="jacobian", batch_size=32'),
     "operator 3000x40 cached, 20 products": """
 arch = nk.mlp(3, 512, "relu", W_std=2**0.5, b_std=0.1)
 x = torch.randn(3000, 40, dtype=torch.float64, generator=g)
