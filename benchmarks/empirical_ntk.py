@@ -26,7 +26,8 @@ sets ``OMP_WAIT_POLICY=PASSIVE``, which is better when other jobs share the core
 threads then wait for a time slice) but costs every small parallel op a thread wake-up
 (measured: 1.6-1.9x slower structured kernels at n=64 on a quiet machine). A case that
 runs past ``--timeout`` is shown as ``>T``. "peak MB" is the growth of the
-process's peak RSS over its RSS before the first call. "ref/x" is the reference's time over
+process's peak RSS over its RSS before the first call; "RSS MB" the process's peak RSS
+(issue-15 models only). "ref/x" is the reference's time over
 the method's; "best/auto" compares ntkit's fastest explicit method with ``auto``.
 
 Issue 15 adds ``--models resnet18 transformer lstm`` (``benchmarks/empirical_models.py``:
@@ -209,7 +210,7 @@ def modern_worker(case: dict, dtype) -> dict:
 
     def ours():
         return nk.empirical_ntk(model, x, output=case["output"], method=case["method"],
-                                output_fn=output_fn)
+                                output_fn=output_fn, memory_budget=case.get("budget"))
 
     # the plain recipe cannot run torch's fused LSTM under vmap: give it ntkit's transformable
     # forward (reported in the table's note)
@@ -221,7 +222,8 @@ def modern_worker(case: dict, dtype) -> dict:
     call = reference if case["method"] == "reference" else ours
     chosen = None
     if case["method"] == "auto":
-        chosen = nk.empirical.plan_empirical_ntk(model, x, output=case["output"], output_fn=output_fn).method
+        chosen = nk.empirical.plan_empirical_ntk(model, x, output=case["output"], output_fn=output_fn,
+                                                 memory_budget=case.get("budget")).method
     base = _rss()
     with wrap:
         times = _time(call, case["repeats"])
@@ -229,7 +231,7 @@ def modern_worker(case: dict, dtype) -> dict:
         result = call() if len(times) > 1 else None
     checksum = float(result.double().sum()) if result is not None else None
     return {"seconds": statistics.median(times), "peak": max(peak, 0), "chosen": chosen,
-            "checksum": checksum}
+            "checksum": checksum, "peak_rss": _peak_rss()}
 
 
 def nt_worker(case: dict) -> dict:
@@ -300,6 +302,7 @@ def summarize(results: list[dict]) -> dict:
         return results[0]
     return {"seconds": statistics.median(r["seconds"] for r in good),
             "peak": statistics.median(r["peak"] for r in good),
+            "peak_rss": max(r.get("peak_rss", 0) for r in good),
             "chosen": good[0].get("chosen"), "rounds": len(good), "checksum": good[0].get("checksum")}
 
 
@@ -318,6 +321,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--ref-memory", type=float, default=4e9,
                         help="bytes of Jacobians the reference may hold at once")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="memory_budget (bytes) of ntkit's methods on the issue-15 models "
+                             "(default: ntkit's default, 1 GiB)")
     parser.add_argument("--omp-passive", action="store_true",
                         help="OMP_WAIT_POLICY=PASSIVE in torch subprocesses (a busy machine)")
     parser.add_argument("--json", help="also write the results here")
@@ -348,7 +354,7 @@ def main() -> None:
                     case = {"model": model, "n": n, "dtype": dtype, "output": output,
                             "method": method, "repeats": args.repeats, "threads": args.threads,
                             "data": data[n], "ref_memory": args.ref_memory,
-                            "omp_passive": args.omp_passive}
+                            "omp_passive": args.omp_passive, "budget": args.budget}
                     res = run_case(case, args.timeout)
                     raw.setdefault((*key, method), []).append(res)
                     shown = res.get("error") or f"{res['seconds']:.4f}s"
@@ -361,7 +367,7 @@ def main() -> None:
     print(f"\nthreads={args.threads}, rounds={args.rounds}, repeats={args.repeats}, "
           f"timeout={args.timeout:g}s")
     header = (f"{'model':>5} {'n':>4} {'dtype':>8} {'output':>6} {'method':>10} {'seconds':>9} "
-              f"{'peak MB':>8} {'ref/x':>8} {'note':>16}")
+              f"{'peak MB':>8} {'RSS MB':>7} {'ref/x':>8} {'note':>16}")
     print(header)
     print("-" * len(header))
     out = []
@@ -387,7 +393,7 @@ def main() -> None:
             if method == "auto" and nts:
                 note += f" NT/auto {min(nts.values()) / s['seconds']:.1f}"
             print(f"{model:>5} {n:>4} {dtype:>8} {output:>6} {method:>10} {s['seconds']:9.4f} "
-                  f"{s['peak'] / 2**20:8.0f} {ratio:>8} {note:>16}")
+                  f"{s['peak'] / 2**20:8.0f} {s.get('peak_rss', 0) / 2**20:7.0f} {ratio:>8} {note:>16}")
             out.append({"model": model, "n": n, "dtype": dtype, "output": output,
                         "method": method, **s})
     if args.json:

@@ -15,7 +15,7 @@ from torch import nn
 
 import ntkit as nk
 from autograd_reference import per_example_jacobian
-from ntkit.empirical import _structured_plan, core, structured
+from ntkit.empirical import _blocks, _structured_plan, core, structured
 from ntkit.empirical.jacobian import Accumulator
 
 F64 = torch.float64
@@ -99,7 +99,56 @@ def test_micro_batches_and_pieces_are_used(monkeypatch):
     pieces = []
     chunks = sf.jacobian_chunks
     monkeypatch.setattr(structured, "jacobian_chunks",
-                        lambda s, limit: [pieces.append(j.shape) or j for j in chunks(s, limit)])
+                        lambda s, limit, scratch=None, rows=None: [pieces.append(j.shape) or j.clone()
+                                                         for j in chunks(s, limit, scratch, rows)])
     nk.empirical_ntk(model, x, method="structured", memory_budget=60_000)
     # the first conv's Jacobian (4 channels) comes in more than one piece
     assert len(pieces) > len({p[2] for p in pieces})
+
+
+class _Lookup(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(9, 4, padding_idx=0)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, ids):
+        return self.out(torch.tanh(self.embed(ids).mean(1)))
+
+
+def test_embedding_jacobian_by_scatter(monkeypatch):
+    """An embedding's per-layer Jacobian (formed from its token ids, whole or a few channels
+    at a time; the padding row gets no gradient) equals the naive loop's."""
+    torch.manual_seed(0)
+    model = _Lookup().double()
+    ids = torch.randint(0, 9, (7, 5), generator=torch.Generator().manual_seed(2))
+    ids[0, :2] = 0
+    jac = per_example_jacobian(model, ids)
+    _force(monkeypatch, "ag", "jac")
+    for budget in (None, 20_000):
+        got = nk.empirical_ntk(model, ids, output="full", method="structured", memory_budget=budget)
+        torch.testing.assert_close(got, torch.einsum("iop,jqp->ijoq", jac, jac), rtol=1e-10, atol=1e-12)
+        got = nk.empirical_ntk(model, ids[:3], ids[3:], method="structured", memory_budget=budget)
+        torch.testing.assert_close(got, torch.einsum("iop,jop->ij", jac[:3], jac[3:]), rtol=1e-10,
+                                   atol=1e-12)
+
+
+def test_one_block_when_all_features_fit_once():
+    """A symmetric kernel is one block (each example's features made and held once) when
+    its features and that block's temporaries fit the budget, though two blocks' would not."""
+    model = _model()
+    x = torch.randn(9, 2, 5, 5, dtype=F64, generator=torch.Generator().manual_seed(3))
+    budget = None
+    for _ in range(5):  # the budget that one block of 9 needs (micro-batches depend on it)
+        with torch.enable_grad():
+            runner = core._plan(model, x, None, "full", "structured", None, None, None, None, budget)[4]
+        need = runner.feature_bytes(9) + runner.pair_bytes(9, 9, "full")
+        if need == budget:
+            break
+        budget = need
+    assert _blocks.block_size(runner, 9, "full", need, None) < 9  # two feature blocks: smaller
+    plan = nk.empirical.plan_empirical_ntk(model, x, output="full", method="structured", memory_budget=need)
+    assert plan.block == 9
+    jac = per_example_jacobian(model, x)
+    got = nk.empirical_ntk(model, x, output="full", method="structured", memory_budget=need)
+    torch.testing.assert_close(got, torch.einsum("iop,jqp->ijoq", jac, jac), rtol=1e-10, atol=1e-12)

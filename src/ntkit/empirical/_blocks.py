@@ -6,7 +6,10 @@ and cotangents, ...), ``pair(f1, f2, output)`` (one kernel block) and the byte e
 keeps two feature blocks and one pair's temporaries under the budget. The pair grid is
 walked by :mod:`ntkit.tiling` (the one walker of the library): with ``x2=None`` only blocks
 on and above the diagonal are computed; the rest are their transposes. Features are kept
-for reuse when all of them fit in half the budget, and recomputed otherwise.
+for reuse when all of them fit in half the budget, and recomputed otherwise. A method that
+computes a block with itself by halves (``symmetric_pairs``) gets a symmetric kernel as one
+block when the features of all examples and that block's temporaries fit: each example's
+features are then computed once and held once.
 """
 
 from __future__ import annotations
@@ -24,10 +27,15 @@ from .inputs import Examples
 __all__ = ["DEFAULT_MEMORY_BUDGET", "block_size", "caches", "describe", "swap", "tile"]
 
 
-def block_size(method, n: int, output: str, budget: int, batch_size: int | None) -> int:
-    """Examples per block: ``batch_size`` if given, else the largest that fits ``budget``."""
+def block_size(method, n: int, output: str, budget: int, batch_size: int | None,
+               symmetric: bool = False) -> int:
+    """Examples per block: ``batch_size`` if given, else the largest that fits ``budget``
+    (``symmetric``: ``x2=None``, where one block of all ``n`` examples holds one feature block)."""
     if batch_size is not None:
         return min(check_positive_int(batch_size, "batch_size"), n)
+    if (symmetric and getattr(method, "symmetric_pairs", False)
+            and method.feature_bytes(n) + method.pair_bytes(n, n, output) <= budget):
+        return n
 
     def fits(b: int) -> bool:
         return 2 * method.feature_bytes(b) + method.pair_bytes(b, b, output) <= budget

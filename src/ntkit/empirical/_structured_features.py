@@ -67,12 +67,20 @@ def with_bias(a: torch.Tensor, term, geo: Geometry) -> torch.Tensor:
     return torch.cat([a, a.new_full((*a.shape[:3], 1), geo.b_scale)], dim=3)
 
 
-def form_jacobian(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``J[i, o, (G, C, K)] = Σ_p g[i, o, G, C, p] a[i, G, p, K]``: ``(b, o, G·C·K)``."""
+def form_jacobian(a: torch.Tensor, g: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``J[i, o, (G, C, K)] = Σ_p g[i, o, G, C, p] a[i, G, p, K]``: ``(b, o, G·C·K)``.
+
+    ``out``: a contiguous ``(b, o, G·C·K)`` tensor to write it into (reused memory: a fresh
+    Jacobian of tens of MB is page-faulted in at every call).
+    """
     b, o, G, C, P = g.shape
     K = a.shape[3]
-    j = torch.bmm(g.transpose(1, 2).reshape(b * G, o * C, P), a.reshape(b * G, P, K))
-    return j.view(b, G, o, C, K).transpose(1, 2).reshape(b, o, G * C * K)
+    lhs, rhs = g.transpose(1, 2).reshape(b * G, o * C, P), a.reshape(b * G, P, K)
+    if out is not None and G == 1:
+        torch.bmm(lhs, rhs, out=out.view(b, o * C, K))
+        return out
+    j = torch.bmm(lhs, rhs).view(b, G, o, C, K).transpose(1, 2).reshape(b, o, G * C * K)
+    return j if out is None else out.copy_(j)
 
 
 class Stored:
@@ -123,29 +131,56 @@ def slice_features(f: tuple, start: int, stop: int) -> tuple:
                           for store, d in terms]
 
 
-def jacobian_chunks(s: Stored, limit: int) -> Iterator[torch.Tensor]:
+def jacobian_chunks(s: Stored, limit: int, scratch: list | None = None,
+                    rows: int | None = None) -> Iterator[torch.Tensor]:
     """The per-example Jacobian of an ``"ag"`` term, a few output channels at a time:
     ``(b, o, G·c·K)`` pieces whose entries, over all pieces, are those of the whole Jacobian.
 
     Each piece holds at most about ``limit`` bytes; patches are unfolded for groups of
-    examples of at most ``limit / 4`` bytes.
+    examples of at most ``limit / 4`` bytes. ``scratch``: a list holding one flat tensor
+    that the pieces are written into (grown when too small; shared by the terms of a pair,
+    so each piece is valid until the next one is made). ``rows``: the examples the channel
+    count is sized for (default ``b``; the larger of two blocks whose pieces are paired, so
+    that both are cut at the same channels).
     """
     b, o, G, C, P = s.g.shape
     K = s.term.shape["K"]
     item = s.g.element_size()
-    per_channel = b * o * G * K * item
+    per_channel = max(b, rows or 0) * o * G * K * item
     channels = max(1, min(C, limit // max(per_channel, 1)))
     group = max(1, min(b, (limit // 4) // max(G * P * K * item, 1)))
     whole = group >= b
-    cached = s.patches() if whole and channels < C else None
+    lookup = s.geo is not None and s.geo.kind == "embedding"
+    cached = s.patches() if whole and channels < C and not lookup else None
+    scratch = [] if scratch is None else scratch
     for c0 in range(0, C, channels):
         c1 = min(C, c0 + channels)
-        parts = []
+        need = b * o * G * (c1 - c0) * K
+        if not scratch or scratch[0].numel() < need:
+            scratch[:] = [s.g.new_empty(need)]
+        piece = scratch[0][:need].view(b, o, G * (c1 - c0) * K)
+        if lookup:  # one-hot patches: the Jacobian is a scatter of cotangents, not a product
+            lookup_jacobian(s.a, s.g[:, :, :, c0:c1], s.geo, out=piece)
+            yield piece
+            continue
         for e0 in range(0, b, group):
             e1 = min(b, e0 + group)
             a = cached if cached is not None else s.patches(e0, e1)
-            parts.append(form_jacobian(a, s.g[e0:e1, :, :, c0:c1]))
-        yield parts[0] if len(parts) == 1 else torch.cat(parts)
+            form_jacobian(a, s.g[e0:e1, :, :, c0:c1], out=piece[e0:e1])
+        yield piece
+
+
+def lookup_jacobian(ids: torch.Tensor, g: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.Tensor:
+    """An embedding's ``J[i, o, (c, v)] = Σ_p g[i, o, c, p] [ids[i, p] = v]`` (what
+    :func:`form_jacobian` computes from one-hot patches) by ``scatter_add``, into ``out``
+    ``(b, o, c·V)``; the padding row gets no gradient."""
+    b, o, _, c, P = g.shape
+    j = out.view(b, o, c, geo.vocab).zero_()
+    index = ids.reshape(b, 1, 1, P).long().expand(b, o, c, P)
+    j.scatter_add_(3, index, g.reshape(b, o, c, P))
+    if geo.padding_idx is not None:
+        j[..., geo.padding_idx] = 0
+    return out
 
 
 def gram_rows(s1: Stored, s2: Stored, output: str, n_out: int, limit: int) -> int:

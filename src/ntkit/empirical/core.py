@@ -183,7 +183,7 @@ def _output_groups(runner, n: int, n_examples: int, symmetric: bool, output: str
 
     A group of ``k`` outputs costs one forward and ``k`` backward passes per example, times
     the number of times each example's features are computed (1 when all fit in half the
-    budget, else about ``(rows + 1) / 2`` for a symmetric kernel, ``rows`` otherwise), plus,
+    budget or in one block, else about ``(rows + 1) / 2`` for a symmetric kernel, ``rows`` otherwise), plus,
     when some layer's Jacobians are formed from inputs and cotangents at each pair of blocks,
     about one backward's work per output and row block.
     """
@@ -195,11 +195,11 @@ def _output_groups(runner, n: int, n_examples: int, symmetric: bool, output: str
         runner.set_outputs(0, math.ceil(o / groups))
         try:
             block = block_size(runner, n, "trace" if output == "diagonal_batch" else output, budget,
-                               batch_size)
+                               batch_size, symmetric)
         except MemoryBudgetError:
             continue
         rows = math.ceil(n / block)
-        repeat = 1 if output == "diagonal_batch" or caches(runner, n_examples, budget) else (
+        repeat = 1 if output == "diagonal_batch" or rows == 1 or caches(runner, n_examples, budget) else (
             (rows + 1) / 2 if symmetric else rows)
         formed = any(t.store == "ag" and t.form == "jac" for t in runner.terms)
         cost = (groups + o) * repeat + (o * rows if formed else 0)
@@ -296,7 +296,7 @@ def _plan(model, x1, x2, output, method, params, output_fn, model_kwargs, batch_
     n_examples = n1 + (0 if symmetric else n2)
 
     def block_of(runner) -> int:
-        block = block_size(runner, n, pair_output, budget, batch_size)
+        block = block_size(runner, n, pair_output, budget, batch_size, symmetric)
         if (symmetric and batch_size is None and not runner.symmetric_pairs
                 and caches(runner, n_examples, budget)):
             # Several blocks skip the products below the diagonal; features are reused.

@@ -220,9 +220,12 @@ class StructuredMethod(StructuredPlan):
     def pair(self, f1: tuple, f2: tuple, output: str) -> torch.Tensor:
         """The kernel block of two feature blocks: ``(b1, b2)``, ``(b1, b2, o, o)`` or ``(b1, b2, o)``.
 
-        Every term is added over a grid of example chunks small enough for its temporaries;
-        a block with itself (``f1 is f2``, on the diagonal of a symmetric kernel) computes
-        only the chunk pairs on and above the diagonal and mirrors the rest.
+        Gram terms are added over a grid of example chunks small enough for their
+        temporaries; a block with itself (``f1 is f2``, on the diagonal of a symmetric kernel)
+        computes only the chunk pairs on and above the diagonal and mirrors the rest.
+        Jacobian terms are one product per row chunk against all columns from that chunk on
+        (a block with itself: the same upper chunk pairs, in fewer and larger products), or
+        one product for the whole block of two different blocks.
         """
         (b1, terms1), (b2, terms2) = f1, f2
         same = f1 is f2
@@ -232,20 +235,23 @@ class StructuredMethod(StructuredPlan):
         bounds1 = even_bounds(b1, math.ceil(b1 / rows))
         bounds2 = bounds1 if same else even_bounds(b2, math.ceil(b2 / rows))
         tiles = [(r0, r1, c0, c1) for r0, r1 in bounds1 for c0, c1 in bounds2 if not same or c0 >= r0]
+        panels = [(r0, r1, r0, b1) for r0, r1 in bounds1] if same else [(0, b1, 0, b2)]
         limit = self.pair_limit if same else self.pair_limit // 2
+        scratch1, scratch2 = [], []  # Jacobian pieces of both sides, memory reused by the terms
         for term, (store, d1), (_, d2) in zip(self.terms, terms1, terms2):
             if store == "jac":
                 pieces = [(d1, d2)]
             elif term.form == "jac":
-                pieces = ((j, j) for j in jacobian_chunks(d1, limit)) if same else zip(
-                    jacobian_chunks(d1, limit), jacobian_chunks(d2, limit))
+                pieces = ((j, j) for j in jacobian_chunks(d1, limit, scratch1)) if same else zip(
+                    jacobian_chunks(d1, limit, scratch1, max(b1, b2)),
+                    jacobian_chunks(d2, limit, scratch2, max(b1, b2)))
             else:
                 for r0, r1, c0, c1 in tiles:
                     add_gram(acc.part(r0, r1, c0, c1), d1.patches(r0, r1), d1.g[r0:r1],
                              d2.patches(c0, c1), d2.g[c0:c1])
                 continue
             for j1, j2 in pieces:
-                for r0, r1, c0, c1 in tiles:
+                for r0, r1, c0, c1 in panels:
                     acc.part(r0, r1, c0, c1).add_jacobians(j1[r0:r1], j2[c0:c1])
         if same:
             for r0, r1, c0, c1 in tiles:
@@ -257,12 +263,12 @@ class StructuredMethod(StructuredPlan):
         """``(b,)``: ``Σ_o |∂f_o(x_i)/∂w|²`` per example of a feature block, no pairs of
         different examples (Gram terms: ``Σ_{p,q} <ã_p, ã_q> Σ_{o,c} g[o,c,p] g[o,c,q]``)."""
         _, terms = f
-        total = None
+        total, scratch = None, []
         for term, (store, d) in zip(self.terms, terms):
             if store == "jac":
                 part = d.square().sum((1, 2))
             elif term.form == "jac":
-                part = sum(j.square().sum((1, 2)) for j in jacobian_chunks(d, self.pair_limit))
+                part = sum(j.square().sum((1, 2)) for j in jacobian_chunks(d, self.pair_limit, scratch))
             else:
                 part = self_gram_diagonal(d)
             total = part if total is None else total + part
