@@ -248,3 +248,29 @@ def test_kernel_evaluation_keeps_freed_memory():
     on, off = _faults("1"), _faults("0")
     assert on["same"] and off["same"] and on["ntk"] == off["ntk"]
     assert on["faults"] * 4 < off["faults"], (on["faults"], off["faults"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tile", [16, 24])
+def test_compiled_fully_connected_tiles_agree_to_float32_round_off(monkeypatch, tile):
+    """The compiled route (ntkit.infinite.fused_fc through a real torch.compile), kept
+    whatever its speed, gives the operator's product within the same float32 bound; its
+    tiles equal the same function run eagerly to round-off."""
+    from ntkit.infinite import fused_fc
+
+    monkeypatch.setattr(fused_fc, "_decided", {})
+    monkeypatch.setattr(fused_fc, "MARGIN", -math.inf)
+    monkeypatch.setenv("NTKIT_FUSED", "1")
+    arch = _arch()
+    x, v = _data()
+    exact, bound = _bound(arch, x, v)
+    op = KernelOperator(arch, x, dtype=F32, cache=False, tile=tile, threads=2)
+    got = (op @ v.float()).double()
+    assert fused_fc.choice(op.source._fused.steps, True, x.shape[1], threads=1) == "fused"
+    assert bool(((got - exact).abs() <= bound).all()), float(((got - exact).abs() / bound).max())
+    fused = op.source._fused
+    rows, cols = slice(0, 40), slice(40, 64)
+    compiled = fused.tile(rows, cols, engine=None)
+    eager = fused_fc.fc_tile(x[rows].float() @ x[cols].float().T, fused.var1[:, rows], fused.var2[:, cols],
+                             fused.steps, True, x.shape[1])
+    assert float((compiled - eager).abs().max()) <= 16 * EPS32 * float(eager.abs().max())

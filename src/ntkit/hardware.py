@@ -40,6 +40,11 @@ large copy or add, far out of cache).
   so that freed temporaries are reused without faults; the process then keeps up to
   :data:`TRIM_BYTES` of freed heap instead of returning it at once. Nothing happens off
   glibc or with ``NTKIT_TUNE=0``.
+- compiled fully-connected tiles (:mod:`ntkit.infinite.fused_fc`): a float32 walk of a
+  plain ReLU-family MLP of at least ``fused_fc.MIN_ENTRIES`` entries computes its first
+  off-diagonal tile with the engine and with a ``torch.compile``'d one-loop version, both
+  timed in CPU seconds; the compiled one is kept for the process if it agrees to float32
+  round-off and is at least 10% cheaper (``NTKIT_FUSED=0|1`` forces it off / on).
 - float32 vs float64 accumulation: not timed. A float32 operator's product accumulates
   each tile's ``K_IJ v_J`` (a float32 product over at most a tile side) in float64 across
   tiles (``ntkit.linalg.local_backend``); the float64 sum costs ``O(n·k)`` per tile row against

@@ -25,6 +25,7 @@ from ..errors import ParameterError, ShapeError
 from ..sources import KernelSource, as_index
 from ..tiling import square_side, tile_cap
 from .engine import kernel_block, pair_bytes
+from .fused_fc import FusedTiles, fc_steps, wanted
 from .pairs import block_side, max_chunk_pairs
 
 _GETS = ("ntk", "nngp")
@@ -72,6 +73,9 @@ class LayerSource(KernelSource):
         positions = math.prod(self.x1.shape[2:])
         self.entries_per_pair = positions * positions if self.full else positions
         self._per_pair = int(pair_bytes(arch, self.x1, self.get == "ntk"))
+        # Large float32 walks of plain ReLU-family MLPs: one compiled loop per tile (issue 21).
+        steps = fc_steps(arch) if dt == torch.float32 and wanted(self.shape[0] * self.shape[1]) else None
+        self._fused = None if steps is None else FusedTiles(steps, self.get == "ntk", self.x1, self.x2)
         self._tile(self.x1[:1], None)  # fails early on a bad arch/input
 
     # ------------------------------------------------------------------ protocol
@@ -113,7 +117,10 @@ class LayerSource(KernelSource):
         """``K[rows, cols]``; on a symmetric source ``block(s, s)`` is exactly symmetric."""
         if self.symmetric and rows == cols:
             return self._tile(self.x1[rows], None)
-        tile = self._tile(self.x1[rows], self.x2[cols])
+        if self._fused is not None:
+            tile = self._fused.tile(rows, cols, lambda: self._tile(self.x1[rows], self.x2[cols]))
+        else:
+            tile = self._tile(self.x1[rows], self.x2[cols])
         pins = pinned_in(self._pins, rows.start, rows.stop, cols.start, cols.stop)
         if pins is not None:
             tile[pins[0], pins[1]] = pins[2].to(tile.dtype)
