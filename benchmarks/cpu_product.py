@@ -19,7 +19,12 @@ smaller ``--n`` (time ∝ n², so the n = 100,000 figure is scaled by ``(10⁵/n
    elementwise op (its inputs read, its output written) at the measured bandwidth, divided by
    the workers; the acceptance of issue 21 is ``product ≤ 2 × model``.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/cpu_product.py --n 20000
+Items 2–4 are the layer engine's tiles (``NTKIT_FUSED=0``: one torch op per elementwise
+step, the memory-bound route the model describes). ``--fused`` adds the compiled one-loop
+tiles of :mod:`ntkit.infinite.fused_fc` side by side: engine and compiled operators'
+products alternate (after one warm-up product each, which compiles), best of ``--repeats``.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/cpu_product.py --n 20000 --fused
 """
 
 from __future__ import annotations
@@ -102,8 +107,10 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--sample", type=int, default=6, help="tiles timed op by op")
     p.add_argument("--tile", type=int, help="force this tile side (default: ntkit.hardware's choice)")
+    p.add_argument("--fused", action="store_true", help="also time the compiled tiles, alternating")
     p.add_argument("--json", help="also write the numbers here")
     args = p.parse_args()
+    os.environ["NTKIT_FUSED"] = "0"  # items 2-4: the engine's tiles (module docstring)
     torch.set_num_threads(args.threads)
     print(f"load average {os.getloadavg()}", flush=True)
     t0 = time.perf_counter()
@@ -187,7 +194,18 @@ def main() -> None:
           f"{rate1 / 1e9:.0f} GFLOP/s per worker) + {clock.passes // k} passes "
           f"({clock.bytes / k / op.tile**2:.0f} B per entry) at {bw / 1e9:.1f} GB/s = {pass_s:.2f} s "
           f"-> {model:.2f} s; product / model = {best / model:.2f}")
-    result = dict(m, n=args.n, tile=op.tile, workers=op.threads, product_s=best,
+    if args.fused:
+        result_fused = compare_fused(arch, x, v, args.tile, args.repeats, entries)
+        print(f"compiled tiles: product {result_fused['fused_product_s']:.2f} s wall vs the engine's "
+              f"{result_fused['engine_product_s']:.2f} s in the same alternation "
+              f"(engine / compiled = {result_fused['speedup']:.2f}; "
+              f"{result_fused['fused_product_s'] * scale:.0f} s scaled to n = 100,000); "
+              f"decision {result_fused['decision']}, "
+              f"first product (compiles) {result_fused['first_s']:.1f} s; "
+              f"max relative difference {result_fused['max_rel_diff']:.1e}")
+    else:
+        result_fused = {}
+    result = dict(m, **result_fused, n=args.n, tile=op.tile, workers=op.threads, product_s=best,
                   product_s_at_1e5=best * scale, ns_per_entry=per_entry * 1e9, split=share,
                   python_in_tile=overhead_in_tile, pool_overhead_s=pool, product_cpu_s=best_cpu,
                   tiles_cpu_s=work, model_s=model,
@@ -197,6 +215,34 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)
+
+
+def compare_fused(arch, x, v, tile, repeats: int, entries: int) -> dict:
+    """Products of the engine's and the compiled tiles' operators, alternating (best of
+    ``repeats`` each), with the compiled route forced on (still checked against the engine)."""
+    from ntkit.infinite import fused_fc
+
+    os.environ["NTKIT_FUSED"] = "1"
+    fused = KernelOperator(arch, x, dtype=torch.float32, cache=False, memory_budget=2**31, tile=tile)
+    os.environ["NTKIT_FUSED"] = "0"
+    engine = KernelOperator(arch, x, dtype=torch.float32, cache=False, memory_budget=2**31, tile=tile)
+    t0 = time.perf_counter()
+    first = fused @ v
+    first_s = time.perf_counter() - t0
+    times = {"engine": [], "fused": []}
+    out = {}
+    for _ in range(repeats):
+        for name, op in (("engine", engine), ("fused", fused)):
+            t0 = time.perf_counter()
+            out[name] = op @ v
+            times[name].append(time.perf_counter() - t0)
+    steps = fused.source._fused.steps
+    decision = fused_fc.choice(steps, True, x.shape[1], threads=1 if fused.threads > 1 else None)
+    diff = float((out["fused"] - out["engine"]).abs().max() / out["engine"].abs().max())
+    e, f = min(times["engine"]), min(times["fused"])
+    return dict(engine_product_s=e, fused_product_s=f, speedup=e / f, decision=decision, first_s=first_s,
+                fused_ns_per_entry=f * fused.threads / entries * 1e9, max_rel_diff=diff,
+                first_equals=bool(torch.equal(first, out["fused"])))
 
 
 if __name__ == "__main__":
