@@ -197,7 +197,8 @@ def run_case(case: dict) -> dict:
             op.close()
             del op
             t1 = time.perf_counter()
-            f = predict(arch, xt, x, alpha, memory_budget=budget)
+            # test kernel in the case's dtype too (float32 tiles, float64 sums of K α)
+            f = predict(arch, xt, x, alpha, memory_budget=budget, dtype=dtype)
         out["t_test"] = time.perf_counter() - t1
         out["acc"] = acc(f.double())
     out["t_total"] = time.perf_counter() - t0
