@@ -152,3 +152,21 @@ def test_one_block_when_all_features_fit_once():
     jac = per_example_jacobian(model, x)
     got = nk.empirical_ntk(model, x, output="full", method="structured", memory_budget=need)
     torch.testing.assert_close(got, torch.einsum("iop,jqp->ijoq", jac, jac), rtol=1e-10, atol=1e-12)
+
+
+def test_jacobian_vmap_over_few_examples_at_a_time(monkeypatch):
+    """The Jacobian method's ``vmap`` over one example at a time (a parameter too large for
+    more per call) gives the naive loop's kernel, and does run one example per call."""
+    from ntkit.empirical import jacobian
+
+    model = _model()
+    x = torch.randn(5, 2, 5, 5, dtype=F64, generator=torch.Generator().manual_seed(5))
+    want = per_example_jacobian(model, x)
+    sizes = []
+    nested = jacobian.JacobianMethod._nested
+    monkeypatch.setattr(jacobian.JacobianMethod, "_nested",
+                        lambda self, xb, names: sizes.append(len(xb)) or nested(self, xb, names))
+    monkeypatch.setattr(jacobian, "VMAP_STEP_BYTES", 1)
+    got = nk.empirical_ntk(model, x, output="full", method="jacobian")
+    torch.testing.assert_close(got, torch.einsum("iop,jqp->ijoq", want, want), rtol=1e-10, atol=1e-12)
+    assert sizes.count(1) >= len(x)  # (the first call checks the mode on the two probe examples)

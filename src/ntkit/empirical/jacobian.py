@@ -32,6 +32,10 @@ from ._memo import recall, remember
 from ._params import Problem
 from .inputs import Examples
 
+#: Bytes of one per-step parameter gradient of a ``vmap`` call (:meth:`JacobianMethod.vmap_examples`):
+#: half of glibc's largest mmap threshold (32 MiB), above which every temporary is fresh pages.
+VMAP_STEP_BYTES = 16 * 1024**2
+
 
 class Accumulator:
     """One kernel block being summed, for ``output`` in ``trace``/``full``/``diagonal``.
@@ -211,12 +215,30 @@ class JacobianMethod:
         return [torch.stack(r).detach() for r in rows]
 
     def jacobians(self, x: Examples, g: int = 0) -> list[torch.Tensor]:
-        """Per-example Jacobians for parameter group ``g``, one ``(b, o, numel)`` per tensor."""
+        """Per-example Jacobians for parameter group ``g``, one ``(b, o, numel)`` per tensor.
+
+        ``vmap`` runs over at most :meth:`vmap_examples` examples at a time (results joined).
+        """
         names = self.groups[g]
         mode = self._mode(g)
-        if mode == "nested":
-            return self._nested(x, names)
-        return self._single_level(x, names) if mode == "single" else self._loop(x, names)
+        if mode == "loop":
+            return self._loop(x, names)
+        run = self._nested if mode == "nested" else self._single_level
+        step = self.vmap_examples(names)
+        if len(x) <= step:
+            return run(x, names)
+        parts = [run(x[i : i + step], names) for i in range(0, len(x), step)]
+        return [torch.cat(p) for p in zip(*parts)]
+
+    def vmap_examples(self, names: list[str]) -> int:
+        """Examples per ``vmap`` call: the backward's per-step gradient of the largest
+        parameter, ``examples × o × numel`` entries, stays under :data:`VMAP_STEP_BYTES`, so
+        that glibc serves it from the heap it reuses instead of fresh ``mmap`` pages
+        (an LSTM's ``weight_hh`` gets one such temporary per time step: 3.7× faster with one
+        example per call than with 16, benchmarks/RESULTS.md)."""
+        p = self.problem
+        largest = max(p.selected[k].numel() for k in names)
+        return max(1, VMAP_STEP_BYTES // max(p.n_out * largest * p.itemsize, 1))
 
     # ------------------------------------------------------------ block protocol
     def features(self, x: Examples):
