@@ -200,3 +200,15 @@ def test_zero_variance_examples_stay_on_the_engine(fresh_decisions):
     assert torch.equal(tile, kernel_block(ARCHS["relu-no-bias"](), x[:50], x[50:], want_ntk=True).ntk)
     assert fused_fc.choice(src._fused.steps, True, 16) is None  # never asked
     assert FusedTiles(src._fused.steps, True, x.double(), x.double()).usable is False  # float64
+
+
+def test_compiled_walks_take_their_own_tile_side(fresh_decisions):
+    """The engine's measured side does not apply to compiled tiles (fused_fc.TILE_ENTRIES)."""
+    fresh_decisions.setattr(fused_fc, "TILE_ENTRIES", 40 * 40)
+    x = _inputs(300)
+    assert LayerSource(ARCHS["relu"](), x, dtype=torch.float32).side(2**30) == 40
+    fresh_decisions.setenv("NTKIT_TILE_ENTRIES", str(30 * 30))
+    assert LayerSource(ARCHS["relu"](), x, dtype=torch.float32).side(2**30) == 30
+    fresh_decisions.setenv("NTKIT_FUSED", "0")
+    fresh_decisions.delenv("NTKIT_TILE_ENTRIES")
+    assert LayerSource(ARCHS["relu"](), x, dtype=torch.float32).side(2**30) != 40

@@ -79,6 +79,11 @@ _COT_SERIES = (0.3333333333333333, 0.022222222222222223, 0.0021164021164021165,
 MIN_ENTRIES = 1 << 28
 #: The compiled tile must cost at least this fraction less than the engine's to be used.
 MARGIN = 0.10
+#: Entries of a compiled tile. Its loop costs the same per entry at any side, so the side is
+#: set by the fixed costs per tile (the call, the Gram product's set-up) against the cache:
+#: CPU per product on the 2-core AMD EPYC, n = 16,384, sides 362 / 512 / 724 / 1024 / 2048:
+#: 1.12 / 1 / 1.22 / 1.12 / 1.51 (the engine's measured side, ntkit.hardware, does not apply).
+TILE_ENTRIES = 512 * 512
 
 Step = tuple  # ("dense", w2, b2 or None) | ("abrelu", a, b)
 
@@ -272,6 +277,12 @@ class FusedTiles:
         if fn is None:
             return _decide(key, args, engine)
         return fn(*args)
+
+
+def tile_entries() -> int:
+    """Entries per tile of a walk with compiled tiles: :data:`TILE_ENTRIES`, or
+    ``NTKIT_TILE_ENTRIES`` when set (as for every walk, :func:`ntkit.hardware.tile_entries`)."""
+    return hardware.tile_entries() if os.environ.get("NTKIT_TILE_ENTRIES", "").strip() else TILE_ENTRIES
 
 
 def wanted(entries: int) -> bool:

@@ -26,6 +26,7 @@ from ..sources import KernelSource, as_index
 from ..tiling import square_side, tile_cap
 from .engine import kernel_block, pair_bytes
 from .fused_fc import FusedTiles, fc_steps, wanted
+from .fused_fc import tile_entries as fused_tile_entries
 from .pairs import block_side, max_chunk_pairs
 
 _GETS = ("ntk", "nngp")
@@ -150,6 +151,8 @@ class LayerSource(KernelSource):
             side = block_side(max_chunk_pairs(self._per_pair, budget, self.entries_per_pair))
         else:
             entries = tile_cap(self.shape[0] * self.shape[1], self.dtype, self.device)
+            if self._fused is not None:  # compiled tiles have their own best side
+                entries = fused_tile_entries()
             cap = entries // max(1, self.entries_per_pair)
             side = square_side(self._per_pair, budget, cap)
         while side > 1 and self.tile_bytes(side, side) > budget:
