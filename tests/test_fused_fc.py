@@ -138,7 +138,10 @@ def test_operator_product_through_fused_tiles(fresh_decisions):
     op = KernelOperator(arch, x, dtype=torch.float32, tile=64, cache=False, threads=2)
     assert op.source._fused is not None
     got = (op @ v).double()
-    assert fused_fc.choice(op.source._fused.steps, True, 16, threads=1) == "fused"
+    assert fused_fc.choice(op.source._fused.steps, True, 16) == "fused" and op.source.serial_tiles
+    diag = op.source.block(slice(64, 128), slice(64, 128))  # a diagonal tile, now compiled too
+    assert torch.equal(diag, diag.T)
+    assert torch.equal(diag.diagonal(), arch.kernel(x[64:128], get="ntk", diagonal=True, dtype=torch.float32))
     fresh_decisions.setenv("NTKIT_FUSED", "0")
     plain = KernelOperator(arch, x, dtype=torch.float32, tile=64, cache=False, threads=2)
     assert plain.source._fused is None

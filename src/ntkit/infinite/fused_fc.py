@@ -32,19 +32,26 @@ Numerics match the engine's float32 route (:mod:`ntkit.infinite.stable`,
 
 **When it is used** (:class:`FusedTiles`, the tiles of
 :class:`ntkit.infinite.source.LayerSource`, i.e. of ``KernelOperator`` products, Nyström
-panels and predictions): float32 off-diagonal tiles (a symmetric kernel's diagonal tiles,
-1/``blocks`` of the work, stay on the engine, whose self pairs are exact by construction) of
-nets made only of ``Dense`` (NTK parameterization, numeric stds) and ``ABReLU``-family
-layers (ReLU, LeakyReLU, Abs, ABReLU) (:func:`fc_steps`), with positive finite variances,
-in walks of at least :data:`MIN_ENTRIES` kernel entries (compiling takes ~40 s the first
-time on a 2-core machine, ~5 s once TorchInductor's on-disk cache has it). The first such
-tile of a process is computed both ways and timed (CPU seconds of the calling thread): the
-compiled tile is kept for the process only if it agrees with the engine's to float32
-round-off and costs at least 10% less; a failed compilation (no C++ compiler, an
-unsupported platform) keeps the engine, with one warning. ``NTKIT_FUSED=0`` never compiles,
-``NTKIT_FUSED=1`` compiles whatever the walk's size (still checked and timed once);
-``NTKIT_TUNE=0`` (no timing probes, :mod:`ntkit.hardware`) leaves it off unless
+panels and predictions): float32 tiles of nets made only of ``Dense`` (NTK parameterization,
+numeric stds) and ``ABReLU``-family layers (ReLU, LeakyReLU, Abs, ABReLU; :func:`fc_steps`),
+with positive finite variances, in walks of at least :data:`MIN_ENTRIES` kernel entries
+(compiling takes ~40 s the first time on a 2-core machine, ~5 s once TorchInductor's on-disk
+cache has it). The first such tile of a process is computed both ways and timed (CPU seconds
+of the process): the compiled tile is kept for the process only if it agrees with the
+engine's to float32 round-off and costs at least 10% less; a failed compilation (no C++
+compiler, an unsupported platform) keeps the engine, with one warning. ``NTKIT_FUSED=0``
+never compiles, ``NTKIT_FUSED=1`` compiles whatever the walk's size (still checked and timed
+once); ``NTKIT_TUNE=0`` (no timing probes, :mod:`ntkit.hardware`) leaves it off unless
 ``NTKIT_FUSED=1``.
+
+**Threads.** The compiled loop is called with the GIL held (TorchInductor's C++ binding), so
+the tile pool's threads would take turns; while the loop is in use,
+:class:`~ntkit.infinite.source.LayerSource` asks for tiles one at a time
+(``serial_tiles``) and the loop is compiled parallel over torch's threads (OpenMP). One
+n = 20,000 product on the 2-core AMD EPYC: 2.1–2.3 s one tile at a time, 3.0–3.2 s on the
+2-thread pool, 3.4–4.2 s on the pool with 2-thread loops. Diagonal tiles of a symmetric
+kernel use the loop too, symmetrized, with the self pairs set to the exact
+``k(x_i, x_i)`` (computed once per source).
 """
 
 from __future__ import annotations
@@ -80,10 +87,11 @@ MIN_ENTRIES = 1 << 28
 #: The compiled tile must cost at least this fraction less than the engine's to be used.
 MARGIN = 0.10
 #: Entries of a compiled tile. Its loop costs the same per entry at any side, so the side is
-#: set by the fixed costs per tile (the call, the Gram product's set-up) against the cache:
-#: CPU per product on the 2-core AMD EPYC, n = 16,384, sides 362 / 512 / 724 / 1024 / 2048:
-#: 1.12 / 1 / 1.22 / 1.12 / 1.51 (the engine's measured side, ntkit.hardware, does not apply).
-TILE_ENTRIES = 512 * 512
+#: set by the fixed costs per tile (the Python call, the Gram product's set-up, the
+#: single-threaded parts between parallel loops) against the cache: one product on the
+#: 2-core AMD EPYC, n = 20,000, tiles one at a time, sides 512 / 1024 / 2048: 2.37–2.46 /
+#: 2.11–2.29 / 2.63–2.92 s (the engine's measured side, ntkit.hardware, does not apply).
+TILE_ENTRIES = 1024 * 1024
 
 Step = tuple  # ("dense", w2, b2 or None) | ("abrelu", a, b)
 
@@ -262,12 +270,26 @@ class FusedTiles:
         self.usable = bool(x1.dtype == torch.float32 and x1.device.type == "cpu" and x1.ndim == 2
                            and all(bool((torch.isfinite(v) & (v > 0)).all()) for v in (self.var1, self.var2)))
 
+    @property
+    def active(self) -> bool:
+        """Not (yet) decided against: the compiled loop is, or may be, used for these tiles."""
+        return self.usable and _decided.get(self.key()) is not False
+
+    def choice(self) -> str | None:
+        """This process's decision for these tiles (:func:`choice`)."""
+        return choice(self.steps, self.want_ntk, self.fan_in)
+
+    def key(self) -> tuple:
+        """The decision's key: architecture, fan-in and the calling thread's torch threads
+        (the compiled loop is parallel over that many OpenMP threads)."""
+        return (self.steps, self.want_ntk, self.fan_in, torch.get_num_threads())
+
     def tile(self, rows: slice, cols: slice, engine: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``K[rows, cols]``; ``engine()`` computes the same tile with the layer engine (the
         first tile's check, and the fallback)."""
         if not self.usable:
             return engine()
-        key = (self.steps, self.want_ntk, self.fan_in, torch.get_num_threads())
+        key = self.key()
         fn = _decided.get(key)
         if fn is False:
             return engine()
@@ -323,14 +345,14 @@ def _decide(key, args, engine: Callable[[], torch.Tensor]) -> torch.Tensor:
         if key in _decided:  # another thread decided meanwhile
             fn = _decided[key]
             return engine() if fn is False else fn(*args)
-        t0 = time.thread_time()
+        t0 = time.process_time()
         reference = engine()
-        t_engine = time.thread_time() - t0
+        t_engine = time.process_time() - t0
         try:
             fn = _compile(key[0], key[1], key[2], args)
-            t0 = time.thread_time()
+            t0 = time.process_time()
             fused = fn(*args)
-            t_fused = time.thread_time() - t0
+            t_fused = time.process_time() - t0
         except Exception as err:  # no C++ compiler, unsupported platform, ...
             warnings.warn(f"ntkit: compiled fully-connected tiles unavailable ({type(err).__name__}: "
                           f"{str(err).splitlines()[0] if str(err) else ''}); using the layer engine",

@@ -77,6 +77,7 @@ class LayerSource(KernelSource):
         # Large float32 walks of plain ReLU-family MLPs: one compiled loop per tile (issue 21).
         steps = fc_steps(arch) if dt == torch.float32 and wanted(self.shape[0] * self.shape[1]) else None
         self._fused = None if steps is None else FusedTiles(steps, self.get == "ntk", self.x1, self.x2)
+        self._self: torch.Tensor | None = None
         self._tile(self.x1[:1], None)  # fails early on a bad arch/input
 
     # ------------------------------------------------------------------ protocol
@@ -117,7 +118,12 @@ class LayerSource(KernelSource):
     def block(self, rows: slice, cols: slice) -> torch.Tensor:
         """``K[rows, cols]``; on a symmetric source ``block(s, s)`` is exactly symmetric."""
         if self.symmetric and rows == cols:
-            return self._tile(self.x1[rows], None)
+            if self._fused is None or self._fused.choice() != "fused":  # decided on other tiles
+                return self._tile(self.x1[rows], None)
+            tile = self._fused.tile(rows, rows, lambda: self._tile(self.x1[rows], None))
+            tile = 0.5 * (tile + tile.T)  # exactly symmetric, as the engine's diagonal tiles
+            tile.diagonal().copy_(self._self_values()[rows])  # self pairs exact (module docstring)
+            return tile
         if self._fused is not None:
             tile = self._fused.tile(rows, cols, lambda: self._tile(self.x1[rows], self.x2[cols]))
         else:
@@ -126,6 +132,18 @@ class LayerSource(KernelSource):
         if pins is not None:
             tile[pins[0], pins[1]] = pins[2].to(tile.dtype)
         return tile
+
+    @property
+    def serial_tiles(self) -> bool:
+        """Whether tiles should run one at a time (compiled tiles, parallel inside: they hold
+        the GIL, so a pool of tile threads would serialize on it)."""
+        return self._fused is not None and self._fused.active
+
+    def _self_values(self) -> torch.Tensor:
+        """``k(x_i, x_i)`` of a symmetric source, computed once (the diagonal tiles' pins)."""
+        if self._self is None:
+            self._self = self.arch.kernel(self.x1, get=self.get, diagonal=True, dtype=self.dtype)
+        return self._self
 
     def diagonal(self, memory_budget: Any = None) -> torch.Tensor:
         """``k(x1_i, x2_i)`` ``(min(n1, n2),)``, via ``arch.kernel(diagonal=True)``."""

@@ -55,7 +55,10 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ helpers
     def map(self, op, fn, items: list, desc: str):
-        return map_tiles(fn, items, threads=op.threads, progress=op.progress, desc=desc)
+        # Sources whose tiles run as one compiled loop holding the GIL (ntkit.infinite.fused_fc)
+        # are parallel inside the loop instead: tiles one at a time, torch's threads within.
+        threads = 1 if getattr(op.source, "serial_tiles", False) else op.threads
+        return map_tiles(fn, items, threads=threads, progress=op.progress, desc=desc)
 
     def fill(self, op, dest: torch.Tensor, tiles: list[Tile], r_off: int, mirror: bool, desc: str) -> None:
         """Write ``tiles`` into ``dest`` (rows offset by ``r_off``), on the worker threads;
