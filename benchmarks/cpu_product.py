@@ -220,8 +220,6 @@ def main() -> None:
 def compare_fused(arch, x, v, tile, repeats: int, entries: int) -> dict:
     """Products of the engine's and the compiled tiles' operators, alternating (best of
     ``repeats`` each), with the compiled route forced on (still checked against the engine)."""
-    from ntkit.infinite import fused_fc
-
     os.environ["NTKIT_FUSED"] = "1"
     fused = KernelOperator(arch, x, dtype=torch.float32, cache=False, memory_budget=2**31, tile=tile)
     os.environ["NTKIT_FUSED"] = "0"
@@ -236,8 +234,7 @@ def compare_fused(arch, x, v, tile, repeats: int, entries: int) -> dict:
             t0 = time.perf_counter()
             out[name] = op @ v
             times[name].append(time.perf_counter() - t0)
-    steps = fused.source._fused.steps
-    decision = fused_fc.choice(steps, True, x.shape[1], threads=1 if fused.threads > 1 else None)
+    decision = fused.source._fused.choice()
     diff = float((out["fused"] - out["engine"]).abs().max() / out["engine"].abs().max())
     e, f = min(times["engine"]), min(times["fused"])
     return dict(engine_product_s=e, fused_product_s=f, speedup=e / f, decision=decision, first_s=first_s,

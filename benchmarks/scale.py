@@ -68,8 +68,8 @@ GRID = [
     ("nystrom", 100_000, {"M": 10_000, "dtype": "float32"}),
     # K_nM (12 GB) does not fit: one sweep forms K_nMᵀK_nM (the "gram" mode), 3·M² float64
     ("nystrom", 100_000, {"M": 15_000, "budget": 2**29}),
-    # the exact problem, matrix-free: every CG step recomputes K (float32 tiles, ~45 s a
-    # product here); a rank-2000 Nyström preconditioner makes ~10 steps enough for the
+    # the exact problem, matrix-free: every CG step recomputes K (float32 tiles, compiled:
+    # ~43 s a product here); a rank-2000 Nyström preconditioner makes ~10 steps enough for the
     # accuracy of the exact solve (measured at n = 40,000: flat from residual 5e-2 on)
     ("cg", 100_000, {"dtype": "float32", "rank": 2000, "tol": 2e-2, "maxiter": 15,
                      "budget": 2**31}),
