@@ -247,7 +247,9 @@ def test_kernel_evaluation_keeps_freed_memory():
     # evaluation reuses the heap. Results are bit-identical (memory reuse only).
     on, off = _faults("1"), _faults("0")
     assert on["same"] and off["same"] and on["ntk"] == off["ntk"]
-    assert on["faults"] * 4 < off["faults"], (on["faults"], off["faults"])
+    # measured: 1 or ~2,000 faults with the thresholds (the second evaluation does not always
+    # fit the first's freed heap), 7,700-20,800 without them
+    assert on["faults"] * 2 < off["faults"], (on["faults"], off["faults"])
 
 
 @pytest.mark.slow
