@@ -225,7 +225,7 @@ def compare_fused(arch, x, v, tile, repeats: int, entries: int) -> dict:
     os.environ["NTKIT_FUSED"] = "0"
     engine = KernelOperator(arch, x, dtype=torch.float32, cache=False, memory_budget=2**31, tile=tile)
     t0 = time.perf_counter()
-    first = fused @ v
+    fused @ v  # compiles (or loads the compiled loop) and decides
     first_s = time.perf_counter() - t0
     times = {"engine": [], "fused": []}
     out = {}
@@ -238,8 +238,7 @@ def compare_fused(arch, x, v, tile, repeats: int, entries: int) -> dict:
     diff = float((out["fused"] - out["engine"]).abs().max() / out["engine"].abs().max())
     e, f = min(times["engine"]), min(times["fused"])
     return dict(engine_product_s=e, fused_product_s=f, speedup=e / f, decision=decision, first_s=first_s,
-                fused_ns_per_entry=f * fused.threads / entries * 1e9, max_rel_diff=diff,
-                first_equals=bool(torch.equal(first, out["fused"])))
+                fused_ns_per_entry=f * fused.threads / entries * 1e9, max_rel_diff=diff)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ a tile costs, and computes any tile, its diagonal, and sub-sources:
                              source to the same indices keeps it symmetric
 ``with_inputs(x1, x2)``      the same kernel on other inputs (optional)
 ``thread_safe``              whether tiles may be computed on several threads at once
+``serial_tiles``             whether tiles should *now* run one at a time because each is
+                             parallel inside (read at every walk; default ``False``)
 ==========================  ==========================================================
 
 Implementations: :class:`TensorSource` (a precomputed matrix, here),
@@ -46,6 +48,7 @@ class KernelSource:
 
     symmetric: bool = False
     thread_safe: bool = True
+    serial_tiles: bool = False
     #: what to change when a tile or product is NaN/Inf (the operator's NonFiniteError)
     overflow_hint: str = OVERFLOW_HINT
 

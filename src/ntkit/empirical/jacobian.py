@@ -27,14 +27,16 @@ from torch.func import jacrev, vjp, vmap
 
 from .._fast_matmul import matmul
 from ..errors import MemoryBudgetError
+from ..hardware import MMAP_THRESHOLD_BYTES
 from ._blocks import describe
 from ._memo import recall, remember
 from ._params import Problem
 from .inputs import Examples
 
 #: Bytes of one per-step parameter gradient of a ``vmap`` call (:meth:`JacobianMethod.vmap_examples`):
-#: half of glibc's largest mmap threshold (32 MiB), above which every temporary is fresh pages.
-VMAP_STEP_BYTES = 16 * 1024**2
+#: half of the mmap threshold ntkit sets (:func:`ntkit.hardware.keep_freed_memory`), above which
+#: every temporary is fresh pages.
+VMAP_STEP_BYTES = MMAP_THRESHOLD_BYTES // 2
 
 
 class Accumulator:

@@ -68,7 +68,7 @@ import torch
 
 from .. import hardware
 from .._fast_matmul import matmul
-from .activations import ABReLU
+from .activations import ABReLU, _self_dot
 from .combinators import SerialLayer
 from .dense import Dense
 
@@ -141,8 +141,7 @@ def variances(v: torch.Tensor, steps: tuple[Step, ...]) -> torch.Tensor:
                 v = v + step[2]
         else:
             out.append(v)
-            a, b = step[1], step[2]
-            v = v * (a * b + (a - b) ** 2 / (2 * math.pi) * math.pi)
+            v = v * _self_dot(step[1], step[2])
     return torch.stack(out) if out else v.new_zeros((0, v.shape[0]))
 
 
@@ -157,8 +156,8 @@ def fc_tile(gram: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, steps: t
         steps: from :func:`fc_steps`.
 
     Pairs of an example with itself get the ``√ε``-accurate angle of any float32 pair whose
-    Gram entry and variances were rounded separately; tiles holding such pairs (the diagonal
-    tiles of a symmetric kernel) are left to the engine, which pins them exactly.
+    Gram entry and variances were rounded separately; the caller sets them to their exact
+    values (:class:`~ntkit.infinite.source.LayerSource` pins the self pairs of every tile).
 
     Elementwise torch ops only, so that ``torch.compile`` fuses them into one loop; the
     same function runs eagerly where compilation is not used.
@@ -195,9 +194,7 @@ def fc_tile(gram: torch.Tensor, var1: torch.Tensor, var2: torch.Tensor, steps: t
         # no entry's error by more than 10% (tests/test_fused_fc.py).
         root = (q1 * q2 - nngp * nngp).clamp_min(0.0).sqrt()
         if nonnegative:
-            theta = _atan2_nonneg(root, nngp)
-            dot = theta * (-c) + (a * b + c * math.pi)
-            new = nngp * dot + c * root
+            dot, new = _arc_cosine(_atan2_nonneg(root, nngp), nngp, root, a, b, c)
         else:
             dot, new = _signed_step(nngp, root, a, b, c)
         nonnegative = a * b <= 0
@@ -213,13 +210,17 @@ def _signed_step(nngp: torch.Tensor, root: torch.Tensor, a: float, b: float, c: 
     """``(E[φ'φ'], E[φφ])`` of an ABReLU for NNGP entries of any sign (module docstring)."""
     phi = _atan2_nonneg(root, nngp.abs())  # angle between u and ±v, in [0, π/2]
     negative = nngp < 0
-    theta = torch.where(negative, math.pi - phi, phi)
-    dot = theta * (-c) + (a * b + c * math.pi)
-    new = nngp * dot + c * root
+    dot, new = _arc_cosine(torch.where(negative, math.pi - phi, phi), nngp, root, a, b, c)
     near = negative & (phi < _SERIES_BELOW)  # ρ ≈ −1: t = π − θ = phi, no cancellation
     dot = torch.where(near, c * phi + a * b, dot)
     new = torch.where(near, nngp * (a * b) + c * root * _one_minus_t_cot_t(phi), new)
     return dot, new
+
+
+def _arc_cosine(theta, nngp, root, a: float, b: float, c: float):
+    """``(E[φ'φ'], E[φφ]) = (ab + c(π − θ), K·E[φ'φ'] + c·√det)`` (module docstring)."""
+    dot = theta * (-c) + _self_dot(a, b)
+    return dot, nngp * dot + c * root
 
 
 def _atan2_nonneg(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -280,9 +281,8 @@ class FusedTiles:
         return choice(self.steps, self.want_ntk, self.fan_in)
 
     def key(self) -> tuple:
-        """The decision's key: architecture, fan-in and the calling thread's torch threads
-        (the compiled loop is parallel over that many OpenMP threads)."""
-        return (self.steps, self.want_ntk, self.fan_in, torch.get_num_threads())
+        """The decision's key (:func:`_key`) for the calling thread."""
+        return _key(self.steps, self.want_ntk, self.fan_in)
 
     def tile(self, rows: slice, cols: slice, engine: Callable[[], torch.Tensor]) -> torch.Tensor:
         """``K[rows, cols]``; ``engine()`` computes the same tile with the layer engine (the
@@ -318,6 +318,12 @@ def wanted(entries: int) -> bool:
 #: (steps, want_ntk, fan_in, torch threads) -> compiled tile function, or False (the engine).
 _decided: dict = {}
 _lock = threading.Lock()
+
+
+def _key(steps: tuple[Step, ...], want_ntk: bool, fan_in: int, threads: int | None = None) -> tuple:
+    """Architecture, fan-in and torch threads (default: the calling thread's), over which
+    the compiled loop is parallel (OpenMP)."""
+    return (steps, want_ntk, fan_in, torch.get_num_threads() if threads is None else threads)
 
 
 def _compile(steps: tuple[Step, ...], want_ntk: bool, fan_in: int, example: tuple) -> Callable:
@@ -362,7 +368,6 @@ def _decide(key, args, engine: Callable[[], torch.Tensor]) -> torch.Tensor:
         scale = float(reference.abs().max())
         agree = bool(torch.isfinite(fused).all()) and float((fused - reference).abs().max()) <= 1e-4 * scale
         _decided[key] = fn if agree and t_fused <= (1 - MARGIN) * t_engine else False
-
         if not agree:
             warnings.warn("ntkit: compiled fully-connected tiles disagree with the layer engine; "
                           "using the engine", RuntimeWarning, stacklevel=3)
@@ -371,7 +376,7 @@ def _decide(key, args, engine: Callable[[], torch.Tensor]) -> torch.Tensor:
 
 def choice(steps: tuple[Step, ...], want_ntk: bool, fan_in: int, threads: int | None = None) -> str | None:
     """``"fused"``, ``"engine"`` or ``None`` (not decided yet) for this process."""
-    key = (steps, want_ntk, fan_in, torch.get_num_threads() if threads is None else threads)
+    key = _key(steps, want_ntk, fan_in, threads)
     if key not in _decided:
         return None
     return "engine" if _decided[key] is False else "fused"

@@ -140,9 +140,9 @@ class LayerSource(KernelSource):
         return self._fused is not None and self._fused.active
 
     def _self_values(self) -> torch.Tensor:
-        """``k(x_i, x_i)`` of a symmetric source, computed once (the diagonal tiles' pins)."""
+        """:meth:`diagonal` of a symmetric source, computed once (the diagonal tiles' pins)."""
         if self._self is None:
-            self._self = self.arch.kernel(self.x1, get=self.get, diagonal=True, dtype=self.dtype)
+            self._self = self.diagonal()
         return self._self
 
     def diagonal(self, memory_budget: Any = None) -> torch.Tensor:

@@ -55,9 +55,8 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ helpers
     def map(self, op, fn, items: list, desc: str):
-        # Sources whose tiles run as one compiled loop holding the GIL (ntkit.infinite.fused_fc)
-        # are parallel inside the loop instead: tiles one at a time, torch's threads within.
-        threads = 1 if getattr(op.source, "serial_tiles", False) else op.threads
+        # e.g. compiled loops holding the GIL (ntkit.infinite.fused_fc): parallel inside instead
+        threads = 1 if op.source.serial_tiles else op.threads
         return map_tiles(fn, items, threads=threads, progress=op.progress, desc=desc)
 
     def fill(self, op, dest: torch.Tensor, tiles: list[Tile], r_off: int, mirror: bool, desc: str) -> None:
