@@ -74,11 +74,13 @@ def test_chunked_structured_equals_the_naive_loop(monkeypatch, store, form):
                                  memory_budget=budget) if output != "diagonal_batch" else None
         if cross is not None:
             torch.testing.assert_close(cross, want[:4, 4:], rtol=1e-10, atol=1e-12)
-        with monkeypatch.context() as m:  # one block, its pairs with itself in row chunks
-            m.setattr(structured, "SYMMETRIC_CHUNK_FLOPS", 0)
-            m.setattr(structured, "SYMMETRIC_CHUNK_MIN", 2)
-            got = nk.empirical_ntk(model, x, output=output, method="structured")
-            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        for panel in (1, 4):  # one block, its pairs with itself in row chunks (panels of 1 or 2)
+            with monkeypatch.context() as m:
+                m.setattr(structured, "SYMMETRIC_CHUNK_FLOPS", 0)
+                m.setattr(structured, "SYMMETRIC_CHUNK_MIN", 2)
+                m.setattr(structured, "PANEL_ROWS", panel)
+                got = nk.empirical_ntk(model, x, output=output, method="structured")
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     assert mirrored  # pairs of a block with itself: upper chunk pairs, mirrored
 
 
@@ -99,11 +101,15 @@ def test_micro_batches_and_pieces_are_used(monkeypatch):
     pieces = []
     chunks = sf.jacobian_chunks
     monkeypatch.setattr(structured, "jacobian_chunks",
-                        lambda s, limit, scratch=None, rows=None: [pieces.append(j.shape) or j.clone()
-                                                         for j in chunks(s, limit, scratch, rows)])
+                        lambda s, limit, scratch=None, rows=None, flat=False: [
+                            pieces.append((s.geo.kind, j.shape)) or j.clone()
+                            for j in chunks(s, limit, scratch, rows, flat)])
     nk.empirical_ntk(model, x, method="structured", memory_budget=60_000)
-    # the first conv's Jacobian (4 channels) comes in more than one piece
-    assert len(pieces) > len({p[2] for p in pieces})
+    # the first conv's Jacobian (4 channels) comes in more than one piece, and so does the
+    # dense layer's (13 rows of its transposed Jacobian, bias included)
+    for kind in ("conv", "linear"):
+        shapes = [p for k, p in pieces if k == kind]
+        assert len(shapes) > len({p[-1] for p in shapes})
 
 
 class _Lookup(nn.Module):
@@ -170,3 +176,52 @@ def test_jacobian_vmap_over_few_examples_at_a_time(monkeypatch):
     got = nk.empirical_ntk(model, x, output="full", method="jacobian")
     torch.testing.assert_close(got, torch.einsum("iop,jqp->ijoq", want, want), rtol=1e-10, atol=1e-12)
     assert sizes.count(1) >= len(x)  # (the first call checks the mode on the two probe examples)
+
+
+class _Tokens(nn.Module):
+    """Dense layers applied at every position of a sequence (cotangents kept channels last,
+    Jacobians formed transposed for sums over outputs), after an embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 4, padding_idx=1)
+        self.up = nn.Linear(4, 6)
+        self.down = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        h = self.down(torch.tanh(self.up(self.embed(ids))))
+        return h.mean(1) + h[:, 0]
+
+
+def test_dense_layers_on_sequences_by_transposed_pieces(monkeypatch):
+    """The transposed per-layer Jacobians of dense layers on sequences (whole, or a row of
+    ``Jᵀ`` at a time; micro-batches copied into blocks kept channels last; blocks of 4)
+    give the naive loop's trace, cross kernel and batch diagonal; the full kernel (formed
+    untransposed) from such blocks too."""
+    torch.manual_seed(0)
+    model = _Tokens().double()
+    ids = torch.randint(0, 11, (8, 5), generator=torch.Generator().manual_seed(4))
+    ids[0, :2] = 1  # padding
+    jac = per_example_jacobian(model, ids)
+    _force(monkeypatch, "ag", "jac")
+    rows = []
+    chunks = structured.jacobian_chunks
+    monkeypatch.setattr(structured, "jacobian_chunks", lambda s, limit, scratch=None, r=None, flat=False: [
+        rows.append((s.geo.kind, flat, j.shape)) or j.clone() for j in chunks(s, limit, scratch, r, flat)])
+    trace, blocks = torch.einsum("iop,jop->ij", jac, jac), []
+    for budget, share in ((None, structured.PAIR_SHARE), (17_000, structured.PAIR_SHARE), (17_000, 40)):
+        monkeypatch.setattr(structured, "PAIR_SHARE", share)
+        plan = nk.empirical.plan_empirical_ntk(model, ids, method="structured", memory_budget=budget)
+        blocks.append(plan.block)
+        got = nk.empirical_ntk(model, ids, method="structured", memory_budget=budget)
+        torch.testing.assert_close(got, trace, rtol=1e-10, atol=1e-12)
+        got = nk.empirical_ntk(model, ids[:3], ids[3:], method="structured", memory_budget=budget)
+        torch.testing.assert_close(got, trace[:3, 3:], rtol=1e-10, atol=1e-12)
+        got = nk.empirical_ntk(model, ids, output="diagonal_batch", method="structured", memory_budget=budget)
+        torch.testing.assert_close(got, trace.diagonal(), rtol=1e-10, atol=1e-12)
+        got = nk.empirical_ntk(model, ids, output="full", method="structured", memory_budget=budget)
+        torch.testing.assert_close(got, torch.einsum("iop,jqp->ijoq", jac, jac), rtol=1e-10, atol=1e-12)
+    assert min(blocks) < 8
+    dense = {(flat, shape[1]) for kind, flat, shape in rows if kind == "linear"}
+    # whole transposed Jacobians (5 or 7 rows of 6 or 3 channels) and single rows of them
+    assert {(True, 30), (True, 21), (True, 6), (True, 3)} <= dense and any(not f for f, _ in dense)

@@ -132,7 +132,7 @@ def slice_features(f: tuple, start: int, stop: int) -> tuple:
 
 
 def jacobian_chunks(s: Stored, limit: int, scratch: list | None = None,
-                    rows: int | None = None) -> Iterator[torch.Tensor]:
+                    rows: int | None = None, flat: bool = False) -> Iterator[torch.Tensor]:
     """The per-example Jacobian of an ``"ag"`` term, a few output channels at a time:
     ``(b, o, G·c·K)`` pieces whose entries, over all pieces, are those of the whole Jacobian.
 
@@ -142,10 +142,19 @@ def jacobian_chunks(s: Stored, limit: int, scratch: list | None = None,
     so each piece is valid until the next one is made). ``rows``: the examples the channel
     count is sized for (default ``b``; the larger of two blocks whose pieces are paired, so
     that both are cut at the same channels).
+
+    ``flat=True`` (for sums over outputs: ``trace`` kernels, diagonals): pieces ``(b, F)``
+    whose entries, over all pieces, are those of the Jacobian in some order that depends on
+    the term only (so pieces of two blocks pair up); a dense-like layer's cotangents kept
+    channels last (:func:`channels_last`) then give ``Jᵀ = ãᵀ g`` as one product per
+    example, ``(K, o·C)``, with no transposed copy of the cotangents.
     """
     b, o, G, C, P = s.g.shape
     K = s.term.shape["K"]
     item = s.g.element_size()
+    if flat and G == 1 and s.geo is not None and channels_last(s.geo) and s.geo.kind != "embedding":
+        yield from _transposed_chunks(s, limit, [] if scratch is None else scratch, rows)
+        return
     per_channel = max(b, rows or 0) * o * G * K * item
     channels = max(1, min(C, limit // max(per_channel, 1)))
     group = max(1, min(b, (limit // 4) // max(G * P * K * item, 1)))
@@ -168,6 +177,47 @@ def jacobian_chunks(s: Stored, limit: int, scratch: list | None = None,
             a = cached if cached is not None else s.patches(e0, e1)
             form_jacobian(a, s.g[e0:e1, :, :, c0:c1], out=piece[e0:e1])
         yield piece
+
+
+def channels_last(geo: Geometry) -> bool:
+    """Whether a layer's cotangents come channels last, ``(o, b, P, C)`` (dense layers,
+    embeddings, LayerNorm): a block keeps them in that memory order (:func:`block_cotangents`)."""
+    return geo.kind in ("linear", "embedding") or bool(geo.channels_last)
+
+
+def block_cotangents(buffer: torch.Tensor, shape: tuple[int, ...], geo: Geometry | None) -> torch.Tensor:
+    """A block's cotangents ``(b, o, G, C, P)`` viewed on a flat ``buffer``: stored as
+    ``(b, P, o, G, C)`` for :func:`channels_last` layers (filled from micro-batches by
+    copies of contiguous channel rows, and read by :func:`_transposed_chunks` as one
+    ``(P, o·C)`` matrix per example), else as laid out."""
+    if geo is None or not channels_last(geo):
+        return buffer.view(shape)
+    b, o, G, C, P = shape
+    return buffer.view(b, P, o, G, C).permute(0, 2, 3, 4, 1)
+
+
+def _transposed_chunks(s: Stored, limit: int, scratch: list, rows: int | None) -> Iterator[torch.Tensor]:
+    """:func:`jacobian_chunks` with ``flat=True`` for a dense-like layer: pieces
+    ``Jᵀ[i, k0:k1, (o, C)] = Σ_p ã[i, p, k] g[i, o, C, p]`` over rows ``k`` of the patches
+    (the bias column included), sized for ``max(b, rows)`` examples like the channel pieces."""
+    b, o, _, C, P = s.g.shape
+    K = s.term.shape["K"]
+    item = s.g.element_size()
+    per_row = max(b, rows or 0) * o * C * item
+    ks = max(1, min(K, limit // max(per_row, 1)))
+    group = max(1, min(b, (limit // 4) // max(P * K * item, 1)))
+    g = s.g.permute(0, 4, 1, 2, 3).reshape(b, P, o * C)  # a view for block_cotangents' layout
+    for k0 in range(0, K, ks):
+        k1 = min(K, k0 + ks)
+        need = b * (k1 - k0) * o * C
+        if not scratch or scratch[0].numel() < need:
+            scratch[:] = [s.g.new_empty(need)]
+        piece = scratch[0][:need].view(b, k1 - k0, o * C)
+        for e0 in range(0, b, group):
+            e1 = min(b, e0 + group)
+            a = s.patches(e0, e1)[:, 0, :, k0:k1]  # (e, P, k)
+            torch.bmm(a.transpose(1, 2), g[e0:e1], out=piece[e0:e1])
+        yield piece.view(b, -1)
 
 
 def lookup_jacobian(ids: torch.Tensor, g: torch.Tensor, geo: Geometry, out: torch.Tensor) -> torch.Tensor:
