@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import re
 import sys
 import time
 import warnings
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.model_selection import StratifiedKFold
-from sklearn.preprocessing import QuantileTransformer, StandardScaler
+from sklearn.preprocessing import KBinsDiscretizer, QuantileTransformer, StandardScaler
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
 
@@ -56,6 +57,9 @@ VARIANTS = {
     "qn-relu-b1": ("quantile", "relu", SQRT2, 1.0, 1.0),
     "sph-relu": ("sphere", "relu", SQRT2, None, 1.0),
     "sphlift-relu": ("sphere-lift", "relu", SQRT2, None, 1.0),
+    **{f"bins{k}w{w}-relu-b2": (f"bins{k}w{w}", "relu", SQRT2, 2.0, 1.0) for k in (4, 8) for w in (0.5, 1)},
+    "slog-relu-b2": ("slog", "relu", SQRT2, 2.0, 1.0),
+    "slogbins8w0.5-relu-b2": ("slogbins8w0.5", "relu", SQRT2, 2.0, 1.0),
 }
 
 
@@ -63,6 +67,14 @@ def preprocess(name: str, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarr
     """Label-free preprocessing fitted on ``train``: standardize; quantile→normal then
     standardize; standardize then rows onto the unit sphere (``sphere-lift``: after appending
     a constant coordinate √d, so the norm is not lost)."""
+    bins = re.search(r"bins(\d+)w([\d.]+)$", name)
+    if name.startswith("slog"):
+        # signed log of the skewed columns (|skewness| > 1 on the training rows)
+        sk = np.abs(((train - train.mean(0)) ** 3).mean(0)) / train.std(0).clip(1e-12) ** 3
+        cols = sk > 1
+        train, test = train.copy(), test.copy()
+        for m in (train, test):
+            m[:, cols] = np.sign(m[:, cols]) * np.log1p(np.abs(m[:, cols]))
     if name == "quantile":
         q = QuantileTransformer(n_quantiles=min(1000, len(train)), output_distribution="normal",
                                 random_state=0).fit(train)
@@ -74,7 +86,13 @@ def preprocess(name: str, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarr
             c = np.sqrt(a.shape[1])
             a, b = (np.hstack([m, np.full((len(m), 1), c)]) for m in (a, b))
         a, b = (m / np.linalg.norm(m, axis=1, keepdims=True).clip(1e-12) for m in (a, b))
-    elif name not in ("std", "quantile"):
+    elif bins:
+        k, w = int(bins.group(1)), float(bins.group(2))
+        # one-hot quantile bins beside the standardized columns: threshold features for the kernel
+        kb = KBinsDiscretizer(n_bins=k, encode="onehot-dense", strategy="quantile",
+                              quantile_method="averaged_inverted_cdf").fit(train)
+        a, b = (np.hstack([m, w * kb.transform(r)]) for m, r in ((a, train), (b, test)))
+    elif name not in ("std", "quantile", "slog"):
         raise ValueError(f"unknown preprocessing {name!r}")
     return a, b
 
