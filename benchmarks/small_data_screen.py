@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     for p in args.pickles:
         for ds, res in pickle.loads(Path(p).read_bytes()).items():
-            results.setdefault(ds, {}).update(res)
+            results.setdefault(ds, {}).update({k: v for k, v in res.items() if len(k) == 5})
     found = sorted({k[1] for r in results.values() for k in r if k[4] in args.solvers})
     recipes = [[v] for v in found] + args.searched
     for vs in recipes:
