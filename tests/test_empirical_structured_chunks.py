@@ -93,7 +93,7 @@ def test_micro_batches_and_pieces_are_used(monkeypatch):
     sizes = []
     features = structured.StructuredMethod._features
     monkeypatch.setattr(structured.StructuredMethod, "_features",
-                        lambda self, xb: sizes.append(len(xb)) or features(self, xb))
+                        lambda self, xb, reuse=False: sizes.append(len(xb)) or features(self, xb, reuse))
     nk.empirical_ntk(model, x, method="structured", memory_budget=60_000)
     assert max(sizes) < 9 and len(sizes) > 2
     from ntkit.empirical import _structured_features as sf
@@ -225,3 +225,41 @@ def test_dense_layers_on_sequences_by_transposed_pieces(monkeypatch):
     dense = {(flat, shape[1]) for kind, flat, shape in rows if kind == "linear"}
     # whole transposed Jacobians (5 or 7 rows of 6 or 3 channels) and single rows of them
     assert {(True, 30), (True, 21), (True, 6), (True, 3)} <= dense and any(not f for f, _ in dense)
+
+
+class _TwoHeads(nn.Module):
+    """Outputs ``[a0, a1, b0, a2]`` from two heads: an output group can depend on a head for
+    some of its outputs only."""
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Linear(3, 4)
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(4, 1)
+
+    def forward(self, x):
+        h = torch.tanh(self.trunk(x))
+        a = self.a(h)
+        return torch.cat([a[:, :2], self.b(h), a[:, 2:]], dim=1)
+
+
+def test_two_heads_in_micro_batches_and_output_groups(monkeypatch):
+    """Cotangents stacked output by output into memory reused across micro-batches and
+    output groups (a head that some outputs of a group do not depend on: zero cotangents
+    there, not the previous group's values) give the naive loop's kernels."""
+    torch.manual_seed(0)
+    model = _TwoHeads().double()
+    x = torch.randn(7, 3, dtype=F64, generator=torch.Generator().manual_seed(6))
+    jac = per_example_jacobian(model, x)
+    _force(monkeypatch, "ag", "jac")
+
+    def two_groups(runner, *args):
+        runner.set_outputs(0, 2)
+        return 2
+
+    monkeypatch.setattr(core, "_output_groups", two_groups)
+    monkeypatch.setattr(structured.StructuredMethod, "micro_batch", lambda self: 3)
+    for output, want in (("trace", torch.einsum("iop,jop->ij", jac, jac)),
+                         ("diagonal", torch.einsum("iop,jop->ijo", jac, jac))):
+        got = nk.empirical_ntk(model, x, output=output, method="structured")
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
