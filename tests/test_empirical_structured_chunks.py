@@ -98,18 +98,21 @@ def test_micro_batches_and_pieces_are_used(monkeypatch):
     assert max(sizes) < 9 and len(sizes) > 2
     from ntkit.empirical import _structured_features as sf
 
-    pieces = []
+    pieces = []  # (layer kind, pieces of one Jacobian)
     chunks = sf.jacobian_chunks
-    monkeypatch.setattr(structured, "jacobian_chunks",
-                        lambda s, limit, scratch=None, rows=None, flat=False: [
-                            pieces.append((s.geo.kind, j.shape)) or j.clone()
-                            for j in chunks(s, limit, scratch, rows, flat)])
+
+    def counted(s, limit, scratch=None, rows=None, flat=False):
+        out = [j.clone() for j in chunks(s, limit, scratch, rows, flat)]
+        pieces.append((s.geo.kind, len(out)))
+        return out
+
+    monkeypatch.setattr(structured, "jacobian_chunks", counted)
+    monkeypatch.setattr(structured, "PAIR_SHARE", 16)
     nk.empirical_ntk(model, x, method="structured", memory_budget=60_000)
     # the first conv's Jacobian (4 channels) comes in more than one piece, and so does the
     # dense layer's (13 rows of its transposed Jacobian, bias included)
     for kind in ("conv", "linear"):
-        shapes = [p for k, p in pieces if k == kind]
-        assert len(shapes) > len({p[-1] for p in shapes})
+        assert max(count for k, count in pieces if k == kind) > 1, pieces
 
 
 class _Lookup(nn.Module):
@@ -180,22 +183,27 @@ def test_jacobian_vmap_over_few_examples_at_a_time(monkeypatch):
 
 class _Tokens(nn.Module):
     """Dense layers applied at every position of a sequence (cotangents kept channels last,
-    Jacobians formed transposed for sums over outputs), after an embedding."""
+    Jacobians formed transposed for sums over outputs), after an embedding; an NTK-
+    parameterized head (weight and bias scales not 1)."""
 
     def __init__(self):
         super().__init__()
+        from ntkit.finite.dense import NTKDense
+
         self.embed = nn.Embedding(11, 4, padding_idx=1)
         self.up = nn.Linear(4, 6)
         self.down = nn.Linear(6, 3)
+        self.head = NTKDense(3, 3, W_std=1.5, b_std=0.5, parameterization="ntk",
+                             generator=torch.Generator().manual_seed(0), dtype=torch.float32)
 
     def forward(self, ids):
         h = self.down(torch.tanh(self.up(self.embed(ids))))
-        return h.mean(1) + h[:, 0]
+        return self.head(torch.tanh(h.mean(1) + h[:, 0]))
 
 
 def test_dense_layers_on_sequences_by_transposed_pieces(monkeypatch):
     """The transposed per-layer Jacobians of dense layers on sequences (whole, or a row of
-    ``Jᵀ`` at a time; micro-batches copied into blocks kept channels last; blocks of 4)
+    ``Jᵀ`` at a time; micro-batches copied into blocks kept channels last)
     give the naive loop's trace, cross kernel and batch diagonal; the full kernel (formed
     untransposed) from such blocks too."""
     torch.manual_seed(0)
@@ -208,11 +216,9 @@ def test_dense_layers_on_sequences_by_transposed_pieces(monkeypatch):
     chunks = structured.jacobian_chunks
     monkeypatch.setattr(structured, "jacobian_chunks", lambda s, limit, scratch=None, r=None, flat=False: [
         rows.append((s.geo.kind, flat, j.shape)) or j.clone() for j in chunks(s, limit, scratch, r, flat)])
-    trace, blocks = torch.einsum("iop,jop->ij", jac, jac), []
-    for budget, share in ((None, structured.PAIR_SHARE), (17_000, structured.PAIR_SHARE), (17_000, 40)):
+    trace = torch.einsum("iop,jop->ij", jac, jac)
+    for budget, share in ((None, structured.PAIR_SHARE), (20_000, structured.PAIR_SHARE), (20_000, 40)):
         monkeypatch.setattr(structured, "PAIR_SHARE", share)
-        plan = nk.empirical.plan_empirical_ntk(model, ids, method="structured", memory_budget=budget)
-        blocks.append(plan.block)
         got = nk.empirical_ntk(model, ids, method="structured", memory_budget=budget)
         torch.testing.assert_close(got, trace, rtol=1e-10, atol=1e-12)
         got = nk.empirical_ntk(model, ids[:3], ids[3:], method="structured", memory_budget=budget)
@@ -221,7 +227,6 @@ def test_dense_layers_on_sequences_by_transposed_pieces(monkeypatch):
         torch.testing.assert_close(got, trace.diagonal(), rtol=1e-10, atol=1e-12)
         got = nk.empirical_ntk(model, ids, output="full", method="structured", memory_budget=budget)
         torch.testing.assert_close(got, torch.einsum("iop,jqp->ijoq", jac, jac), rtol=1e-10, atol=1e-12)
-    assert min(blocks) < 8
     dense = {(flat, shape[1]) for kind, flat, shape in rows if kind == "linear"}
     # whole transposed Jacobians (5 or 7 rows of 6 or 3 channels) and single rows of them
     assert {(True, 30), (True, 21), (True, 6), (True, 3)} <= dense and any(not f for f, _ in dense)
@@ -263,3 +268,39 @@ def test_two_heads_in_micro_batches_and_output_groups(monkeypatch):
                          ("diagonal", torch.einsum("iop,jop->ijo", jac, jac))):
         got = nk.empirical_ntk(model, x, output=output, method="structured")
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_one_block_with_cut_pair_temporaries(monkeypatch):
+    """A symmetric kernel whose features fit the budget, but not with the pair temporaries
+    at their usual share, is one block with those temporaries cut (every Jacobian piece
+    within the cut) and equals the naive loop; without the cut it takes several blocks."""
+    torch.manual_seed(0)
+    model = _Tokens().double()
+    ids = torch.randint(0, 11, (8, 5), generator=torch.Generator().manual_seed(7))
+    jac = per_example_jacobian(model, ids)
+    _force(monkeypatch, "ag", "jac")
+    monkeypatch.setattr(structured.StructuredMethod, "micro_batch", lambda self: 3)
+    monkeypatch.setattr(core, "_output_groups", lambda runner, *args: runner.set_outputs(0, 3) or 1)
+    with torch.enable_grad():
+        runner = core._plan(model, ids, None, "trace", "structured", None, None, None, None, None)[4]
+    features = runner.feature_bytes(8)
+    kernel = 2 * 8 * 8 * 3 * 8  # two (8, 8) blocks of float64 over 3 outputs
+    temps = runner.pair_bytes(8, 8, "trace", same=True) - kernel
+    budget = features + kernel + temps // 2
+    assert temps // 2 >= budget // structured.PAIR_MIN_SHARE and temps // 2 < budget // structured.PAIR_SHARE
+    pieces = []
+    chunks = structured.jacobian_chunks
+
+    def sized(s, limit, scratch=None, rows=None, flat=False):
+        for j in chunks(s, limit, scratch, rows, flat):
+            pieces.append((j.numel() * j.element_size(), limit))
+            yield j
+
+    monkeypatch.setattr(structured, "jacobian_chunks", sized)
+    plan = nk.empirical.plan_empirical_ntk(model, ids, method="structured", memory_budget=budget)
+    assert plan.block == 8
+    got = nk.empirical_ntk(model, ids, method="structured", memory_budget=budget)
+    torch.testing.assert_close(got, torch.einsum("iop,jop->ij", jac, jac), rtol=1e-10, atol=1e-12)
+    assert pieces and all(size <= limit <= temps // 2 for size, limit in pieces)
+    monkeypatch.setattr(structured, "PAIR_MIN_SHARE", 1)  # no cut allowed: blocks of fewer examples
+    assert nk.empirical.plan_empirical_ntk(model, ids, method="structured", memory_budget=budget).block < 8

@@ -8,8 +8,9 @@ walked by :mod:`ntkit.tiling` (the one walker of the library): with ``x2=None`` 
 on and above the diagonal are computed; the rest are their transposes. Features are kept
 for reuse when all of them fit in half the budget, and recomputed otherwise. A method that
 computes a block with itself by halves (``symmetric_pairs``) gets a symmetric kernel as one
-block when the features of all examples and that block's temporaries fit: each example's
-features are then computed once and held once.
+block when the features of all examples and that block's temporaries fit (its
+``fits_once(n, output, budget)`` says so, and may shrink those temporaries to make room):
+each example's features are then computed once and held once.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ def block_size(method, n: int, output: str, budget: int, batch_size: int | None,
     (``symmetric``: ``x2=None``, where one block of all ``n`` examples holds one feature block)."""
     if batch_size is not None:
         return min(check_positive_int(batch_size, "batch_size"), n)
-    if (symmetric and getattr(method, "symmetric_pairs", False)
-            and method.feature_bytes(n) + method.pair_bytes(n, n, output) <= budget):
+    if symmetric and getattr(method, "symmetric_pairs", False) and method.fits_once(n, output, budget):
         return n
 
     def fits(b: int) -> bool:

@@ -104,12 +104,14 @@ class Stored:
     def slice(self, start: int, stop: int) -> Stored:
         return Stored(self.a[start:stop], self.g[start:stop], self.geo, self.term)
 
-    def patches(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Scaled patches ``(stop - start, G, P, K)`` (the bias column included)."""
+    def patches(self, start: int = 0, stop: int | None = None, bias: bool = True) -> torch.Tensor:
+        """Scaled patches ``(stop - start, G, P, K)`` (the bias column included unless
+        ``bias=False``, for a term with its raw input: ``geo`` set)."""
         a = self.a[start:stop]
         if self.geo is None:
             return a
-        return with_bias(patches(a, self.geo), self.term, self.geo)
+        a = patches(a, self.geo)
+        return with_bias(a, self.term, self.geo) if bias else a
 
 
 def store_features(geometries, term, inputs, grads, store: str):
@@ -207,6 +209,7 @@ def _transposed_chunks(s: Stored, limit: int, scratch: list, rows: int | None) -
     ks = max(1, min(K, limit // max(per_row, 1)))
     group = max(1, min(b, (limit // 4) // max(P * K * item, 1)))
     g = s.g.permute(0, 4, 1, 2, 3).reshape(b, P, o * C)  # a view for block_cotangents' layout
+    k_w = K - 1 if s.term.kind == "affine" else K  # rows of the weight; then the bias row
     for k0 in range(0, K, ks):
         k1 = min(K, k0 + ks)
         need = b * (k1 - k0) * o * C
@@ -215,8 +218,14 @@ def _transposed_chunks(s: Stored, limit: int, scratch: list, rows: int | None) -
         piece = scratch[0][:need].view(b, k1 - k0, o * C)
         for e0 in range(0, b, group):
             e1 = min(b, e0 + group)
-            a = s.patches(e0, e1)[:, 0, :, k0:k1]  # (e, P, k)
-            torch.bmm(a.transpose(1, 2), g[e0:e1], out=piece[e0:e1])
+            if k0 < k_w:  # the weight rows: a product with the raw patches (no bias column)
+                a = s.patches(e0, e1, bias=False)[:, 0, :, k0 : min(k1, k_w)]  # (e, P, k)
+                torch.bmm(a.transpose(1, 2), g[e0:e1], out=piece[e0:e1, : min(k1, k_w) - k0])
+            if k1 > k_w:  # the bias row: s_b Σ_p g[i, p, (o, C)]
+                row = piece[e0:e1, k_w - k0]
+                torch.sum(g[e0:e1], dim=1, out=row)
+                if s.geo.b_scale != 1.0:
+                    row *= s.geo.b_scale
         yield piece.view(b, -1)
 
 

@@ -14,8 +14,9 @@ neural tangent kernel", implementation 3, "structured derivatives"). For layers 
 positions, ntkit picks per layer the cheaper of that Gram form and the per-example Jacobian
 of the layer alone, ``J[o, c, k] = Σ_p g_o[c, p] ã[p, k]``.
 
-Layer inputs are captured by forward hooks; cotangents for all ``o`` outputs come from one
-batched backward pass through zero "probe" tensors added to each layer output.
+Layer inputs are captured by forward hooks; cotangents of the ``o`` outputs come from one
+backward pass per output (on the same graph) through zero "probe" tensors added to each
+layer output.
 
 Supported: ``nn.Linear``, ``nn.Conv1d/2d/3d`` (any padding mode, stride, dilation, groups),
 ntkit's ``NTKDense``/``NTKConv`` (both parameterizations), and the per-channel affine
@@ -29,7 +30,7 @@ gets no gradient; and the in-projection (``in_proj_weight``/``in_proj_bias``) an
 may be shared by several such layers or used by one layer several times. Parameters that
 belong to no supported layer (a positional table added in ``forward``, a PReLU slope, an
 LSTM's weights) are "rest" terms: given once per example when the forward broadcasts them
-against the batch (one batched backward gives their per-example gradients), else by
+against the batch (the backward passes give their per-example gradients), else by
 per-example Jacobians (:class:`~ntkit.empirical.jacobian.JacobianMethod`). Before first use
 (once per model structure and input layout: :mod:`._memo`), the decomposition is verified on
 two probe examples against autograd: the layer cotangents of one example must not reach the
@@ -89,6 +90,9 @@ PANEL_ROWS = 64
 #: the chunked temporaries of one pair of blocks (Gram sub-blocks, Jacobian pieces).
 SCRATCH_SHARE = 8
 PAIR_SHARE = 4
+#: The least share of the budget left to a pair's temporaries when they are cut to let a
+#: symmetric kernel be one block (:meth:`StructuredMethod.fits_once`).
+PAIR_MIN_SHARE = 32
 
 
 class StructuredMethod(StructuredPlan):
@@ -116,6 +120,7 @@ class StructuredMethod(StructuredPlan):
         self._spares = Spares()
         self._scratch: tuple[list, list] = ([], [])
         self._stacks: dict[int, torch.Tensor] = {}  # stacked cotangents of a micro-batch
+        self._pair_cap: tuple[int, int] | None = None  # (outputs, bytes): fits_once
         known = recall(problem.model, problem.key, "structured")
         if isinstance(known, str):
             raise NotApplicableError(known)
@@ -155,8 +160,30 @@ class StructuredMethod(StructuredPlan):
     # ------------------------------------------------------------------ per block
     @property
     def pair_limit(self) -> int:
-        """Bytes for the chunked temporaries of one pair of blocks."""
-        return max(self.budget // PAIR_SHARE, 1)
+        """Bytes for the chunked temporaries of one pair of blocks: the budget's share, or
+        less for a kernel planned as one block (:meth:`fits_once`)."""
+        limit = max(self.budget // PAIR_SHARE, 1)
+        if self._pair_cap is not None and self.n_out <= self._pair_cap[0]:
+            limit = min(limit, self._pair_cap[1])
+        return limit
+
+    def fits_once(self, n: int, output: str, budget: int) -> bool:
+        """Whether a symmetric kernel of ``n`` examples can be one block with the current
+        outputs: its features plus the temporaries of the block with itself within
+        ``budget``. Those temporaries may be cut below their share (``budget /
+        PAIR_SHARE``), down to ``budget / PAIR_MIN_SHARE``, to make room for the features
+        (more outputs per group, fewer forward passes); the cut applies to every group of
+        at most these many outputs (whose features are no larger)."""
+        self._pair_cap = None
+        features = self.feature_bytes(n)
+        if features + self.pair_bytes(n, n, output, same=True) <= budget:
+            return True
+        o_pair = self.n_out ** 2 if output == "full" else self.n_out
+        room = budget - features - 2 * n * n * o_pair * self.problem.itemsize
+        if room < budget // PAIR_MIN_SHARE:
+            return False
+        self._pair_cap = (self.n_out, room)
+        return True
 
     def micro_batch(self) -> int:
         """Examples per forward/backward pass (its scratch within the budget's share)."""
@@ -393,7 +420,10 @@ class StructuredMethod(StructuredPlan):
         scratch = min(b, self.micro_batch()) * self._scratch_per_example()
         return b * self._stored_per_example() * self.problem.itemsize + scratch
 
-    def pair_bytes(self, b1: int, b2: int, output: str) -> int:
+    def pair_bytes(self, b1: int, b2: int, output: str, same: bool = False) -> int:
+        """Bytes of one pair of blocks: two kernel blocks and the temporaries (Jacobian
+        pieces of both sides, or of one for a block with itself: ``same``), at most
+        :attr:`pair_limit`."""
         o = self.n_out
         o_pair = o * o if output == "full" else o
         temp = 0  # one pair's temporaries unchunked (chunks keep them under pair_limit)
@@ -403,8 +433,9 @@ class StructuredMethod(StructuredPlan):
                 extra = o_pair if output != "trace" else 1
                 temp = max(temp, s["G"] * s["P"] ** 2 * (3 + extra) * b1 * b2)
             elif term.store == "ag":
-                temp = max(temp, (b1 + b2) * o * s["G"] * s["C"] * s["K"])
-        return (2 * b1 * b2 * o_pair + min(temp, self.pair_limit)) * self.problem.itemsize
+                temp = max(temp, (b1 if same else b1 + b2) * o * s["G"] * s["C"] * s["K"])
+        item = self.problem.itemsize
+        return 2 * b1 * b2 * o_pair * item + min(temp * item, self.pair_limit)
 
 
 def _copy_into(whole, part, start: int) -> None:
