@@ -93,7 +93,7 @@ def test_micro_batches_and_pieces_are_used(monkeypatch):
     sizes = []
     features = structured.StructuredMethod._features
     monkeypatch.setattr(structured.StructuredMethod, "_features",
-                        lambda self, xb, reuse=False: sizes.append(len(xb)) or features(self, xb, reuse))
+                        lambda self, xb: sizes.append(len(xb)) or features(self, xb))
     nk.empirical_ntk(model, x, method="structured", memory_budget=60_000)
     assert max(sizes) < 9 and len(sizes) > 2
     from ntkit.empirical import _structured_features as sf
@@ -249,9 +249,8 @@ class _TwoHeads(nn.Module):
 
 
 def test_two_heads_in_micro_batches_and_output_groups(monkeypatch):
-    """Cotangents stacked output by output into memory reused across micro-batches and
-    output groups (a head that some outputs of a group do not depend on: zero cotangents
-    there, not the previous group's values) give the naive loop's kernels."""
+    """Micro-batches and output groups of a model with two heads (a head that some outputs
+    of a group do not depend on: zero cotangents there) give the naive loop's kernels."""
     torch.manual_seed(0)
     model = _TwoHeads().double()
     x = torch.randn(7, 3, dtype=F64, generator=torch.Generator().manual_seed(6))

@@ -39,7 +39,7 @@ VP_PAIR_ACTIVATION = 115.0
 #: ntk_vp: per entry of the full ``(o, o)`` block it always forms; fixed cost of a call.
 VP_OUTPUT_ENTRY = 285.0
 VP_FIXED = 3e7
-#: structured: per (example, output) and activation (the backward passes of ``O``
+#: structured: per (example, output) and activation (the batched backward of ``O``
 #: cotangents), per output entry per layer term (memory-bound accumulation), fixed cost
 #: (the verification pass and hooks).
 STRUCTURED_ACTIVATION = 200.0

@@ -14,9 +14,8 @@ neural tangent kernel", implementation 3, "structured derivatives"). For layers 
 positions, ntkit picks per layer the cheaper of that Gram form and the per-example Jacobian
 of the layer alone, ``J[o, c, k] = Σ_p g_o[c, p] ã[p, k]``.
 
-Layer inputs are captured by forward hooks; cotangents of the ``o`` outputs come from one
-backward pass per output (on the same graph) through zero "probe" tensors added to each
-layer output.
+Layer inputs are captured by forward hooks; cotangents for all ``o`` outputs come from one
+batched backward pass through zero "probe" tensors added to each layer output.
 
 Supported: ``nn.Linear``, ``nn.Conv1d/2d/3d`` (any padding mode, stride, dilation, groups),
 ntkit's ``NTKDense``/``NTKConv`` (both parameterizations), and the per-channel affine
@@ -30,7 +29,7 @@ gets no gradient; and the in-projection (``in_proj_weight``/``in_proj_bias``) an
 may be shared by several such layers or used by one layer several times. Parameters that
 belong to no supported layer (a positional table added in ``forward``, a PReLU slope, an
 LSTM's weights) are "rest" terms: given once per example when the forward broadcasts them
-against the batch (the backward passes give their per-example gradients), else by
+against the batch (one batched backward gives their per-example gradients), else by
 per-example Jacobians (:class:`~ntkit.empirical.jacobian.JacobianMethod`). Before first use
 (once per model structure and input layout: :mod:`._memo`), the decomposition is verified on
 two probe examples against autograd: the layer cotangents of one example must not reach the
@@ -119,7 +118,6 @@ class StructuredMethod(StructuredPlan):
         #: pair (both sides), reused by the next block and the next pair
         self._spares = Spares()
         self._scratch: tuple[list, list] = ([], [])
-        self._stacks: dict[int, torch.Tensor] = {}  # stacked cotangents of a micro-batch
         self._pair_cap: tuple[int, int] | None = None  # (outputs, bytes): fits_once
         known = recall(problem.model, problem.key, "structured")
         if isinstance(known, str):
@@ -197,7 +195,7 @@ class StructuredMethod(StructuredPlan):
             return b, Block(self._micro_features(x))
         out = Block()
         for start in range(0, b, step):
-            part = self._micro_features(x[start : start + step], reuse=True)  # copied right away
+            part = self._micro_features(x[start : start + step])
             if not out:
                 out.extend(self._empty_block(part, b, out))
             for (_, whole), (_, d) in zip(out, part):
@@ -222,9 +220,9 @@ class StructuredMethod(StructuredPlan):
             out.append((store, d))
         return out
 
-    def _micro_features(self, x, reuse: bool = False) -> list:
+    def _micro_features(self, x) -> list:
         with fast_matmuls_for(self.problem.selected.values()):
-            feats = self._features(x, reuse)
+            feats = self._features(x)
         return [("jac", self._rest_jacobians(x, term.names)) if f is None else f
                 for term, f in zip(self.terms, feats)]
 
@@ -238,46 +236,28 @@ class StructuredMethod(StructuredPlan):
         method.groups = [list(names)]
         return torch.cat(method.jacobians(x, 0), dim=2).detach()
 
-    def _output_cotangents(self, out: torch.Tensor, flat: list, reuse: bool) -> list:
+    def _output_cotangents(self, out: torch.Tensor, flat: list) -> list:
         """``(o, b, *shape)``: the cotangents of the current outputs with respect to each tensor
-        of ``flat`` (``None`` where no output depends on it), by one backward pass per output.
-
-        One pass per output ran faster than one batched backward over all of them (a
-        4-layer transformer, 5 outputs: 1.3x on the products of the backward, 8x on ReLU's,
-        whose batching rule expands the saved mask) and needs no batching rule. ``reuse``: the
-        caller copies the result before the next call, so it is stacked into memory kept on
-        the method (fresh memory of that size is page-faulted in at every micro-batch).
-        """
+        of ``flat`` (``None`` where no output depends on it), by one batched backward pass
+        (measured as fast as one pass per output on a transformer, faster on a ResNet), or
+        one pass per output where a backward formula has no batching rule."""
         lo, hi = self.outputs
-        o = hi - lo
-        if o == 1:  # one backward of a scalar, no stacking
-            return [None if g is None else g[None]
-                    for g in torch.autograd.grad(out[:, lo].sum(), flat, allow_unused=True)]
-        stacked: list = [None] * len(flat)
-        for k in range(o):
-            grads = torch.autograd.grad(out[:, lo + k].sum(), flat, retain_graph=k + 1 < o, allow_unused=True)
-            for i, (g, d) in enumerate(zip(grads, flat)):
-                # (a tensor that one output does not reach is reached by none: all None)
-                if g is None:
-                    if stacked[i] is not None:
-                        stacked[i][k].zero_()
-                    continue
-                if stacked[i] is None:
-                    shape = (o, *d.shape)
-                    stacked[i] = self._stack_memory(i, shape, d) if reuse else d.new_empty(shape)
-                    stacked[i][:k].zero_()
-                stacked[i][k] = g
-        return stacked
+        o, b = hi - lo, len(out)
+        try:
+            if o == 1:  # one backward of a scalar (grad_outputs would make torch import sympy: ≈ 1 s)
+                return [None if g is None else g[None]
+                        for g in torch.autograd.grad(out[:, lo].sum(), flat, allow_unused=True)]
+            basis = torch.eye(self.problem.n_out, dtype=out.dtype, device=out.device)[lo:hi]
+            basis = basis[:, None, :].expand(o, b, self.problem.n_out)
+            return list(torch.autograd.grad(out, flat, grad_outputs=basis, is_grads_batched=True,
+                                            allow_unused=True))
+        except RuntimeError:  # a backward formula without a batching rule: one pass per output
+            rows = [torch.autograd.grad(out[:, k].sum(), flat, retain_graph=k + 1 < hi,
+                                        allow_unused=True) for k in range(lo, hi)]
+            # (a tensor that one output does not reach is reached by none)
+            return [None if r[0] is None else torch.stack(r) for r in zip(*rows)]
 
-    def _stack_memory(self, i: int, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        """Memory for the ``i``-th stacked cotangents, kept from the previous micro-batch."""
-        need = math.prod(shape)
-        held = self._stacks.get(i)
-        if held is None or held.numel() < need or held.dtype != like.dtype or held.device != like.device:
-            held = self._stacks[i] = like.new_empty(need)
-        return held[:need].view(shape)
-
-    def _features(self, x, reuse: bool = False) -> list:
+    def _features(self, x) -> list:
         batched = {t.names[0]: self.batched_leaf(t, len(x)) for t in self.terms
                    if t.kind == "rest" and t.form == "batched"}
         out, inputs, probes = self._forward(x, {**self.problem.selected, **batched})
@@ -289,7 +269,7 @@ class StructuredMethod(StructuredPlan):
         flat = [d for per in probes for d in per] + list(batched.values())
         lo, hi = self.outputs
         o, b = hi - lo, len(x)
-        grads = self._output_cotangents(out, flat, reuse)
+        grads = self._output_cotangents(out, flat)
         grads = [torch.zeros((o, *d.shape), dtype=d.dtype, device=d.device) if g is None else g.detach()
                  for g, d in zip(grads, flat)]
         it = iter(grads)
