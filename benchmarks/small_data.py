@@ -22,7 +22,8 @@ Protocol, the same for every method:
 * inside each outer training set the hyperparameters are chosen by an inner stratified CV
   (``--inner-folds``, default 3, shuffled, seed 1) on accuracy, then refitted on the whole
   outer training set;
-* every method is ``StandardScaler`` → model, fitted on the outer training set. The baselines
+* every method is ``StandardScaler`` → model (``--scaler binary-raw``: the scaler leaves 0/1
+  columns as they are, :class:`ScaleNonBinary`), fitted on the outer training set. The baselines
   use ``GridSearchCV(Pipeline(...))`` (the scaler refitted per inner fold); ntkit's searcher
   (``NTKClassifierCV``) runs behind the scaler of the outer training set.
 
@@ -59,7 +60,7 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import clone
+from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
@@ -123,19 +124,42 @@ def load(name: str, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def model(method: str, n_features: int, inner, quick: bool, recipe: str = DEFAULT_RECIPE):
+class ScaleNonBinary(TransformerMixin, BaseEstimator):
+    """``StandardScaler`` on every column except the 0/1 ones (one-hot categories, flags), which
+    pass unchanged: dividing a one-hot column by its std makes a rare category's column large
+    (a category of frequency p gets 1/sqrt(p(1-p))), so distances and kernels are dominated by
+    rare categories. Columns keep their order. Binary = only 0 and 1 on the fitted rows."""
+
+    def fit(self, X, y=None):
+        X = np.asarray(X, dtype=float)
+        self.binary_ = np.all((X == 0) | (X == 1), axis=0)
+        self.scaler_ = StandardScaler().fit(X)
+        return self
+
+    def transform(self, X):
+        X = np.asarray(X, dtype=float)
+        out = self.scaler_.transform(X)
+        out[:, self.binary_] = X[:, self.binary_]
+        return out
+
+
+SCALERS = {"standard": StandardScaler, "binary-raw": ScaleNonBinary}
+
+
+def model(method: str, n_features: int, inner, quick: bool, recipe: str = DEFAULT_RECIPE,
+          scaler: str = "standard"):
     """The estimator a method fits on an outer training set (a pipeline with its search)."""
     if method == "ntkit":
         sphere, grid = RECIPES[recipe]
         grid = dict(grid)
         if quick:
             grid.update(depths=(1, 3), fix_layers=(0, 1))
-        steps = [("scale", StandardScaler())] + ([("sphere", Normalizer())] if sphere else [])
+        steps = [("scale", SCALERS[scaler]())] + ([("sphere", Normalizer())] if sphere else [])
         return Pipeline([*steps, ("model", NTKClassifierCV(cv=inner, **grid))])
     gammas = [g / n_features for g in (0.1, 0.3, 1.0, 3.0)]
     if method == "RF":
         est = RandomForestClassifier(500, random_state=0)
-        return Pipeline([("scale", StandardScaler()), ("model", est)])  # its defaults: no search
+        return Pipeline([("scale", SCALERS[scaler]()), ("model", est)])  # its defaults: no search
     if method == "HGB":
         est = HistGradientBoostingClassifier(random_state=0)
         grid = {"learning_rate": [0.05, 0.2]}
@@ -147,7 +171,7 @@ def model(method: str, n_features: int, inner, quick: bool, recipe: str = DEFAUL
         raise ValueError(f"unknown method {method!r}")
     if quick:
         grid = {k: v[:2] for k, v in grid.items()}
-    pipe = Pipeline([("scale", StandardScaler()), ("model", est)])
+    pipe = Pipeline([("scale", SCALERS[scaler]()), ("model", est)])
     return GridSearchCV(pipe, {f"model__{k}": v for k, v in grid.items()}, cv=inner, n_jobs=1)
 
 
@@ -158,10 +182,10 @@ def chosen(est) -> dict:
 
 
 def run_one(method: str, X: np.ndarray, y: np.ndarray, inner_folds: int, quick: bool,
-            recipe: str = DEFAULT_RECIPE) -> dict:
+            recipe: str = DEFAULT_RECIPE, scaler: str = "standard") -> dict:
     inner = StratifiedKFold(inner_folds, shuffle=True, random_state=1)
     outer = StratifiedKFold(4, shuffle=True, random_state=0)
-    est = model(method, X.shape[1], inner, quick, recipe)
+    est = model(method, X.shape[1], inner, quick, recipe, scaler)
     t0 = time.perf_counter()
     res = cross_validate(clone(est), X, y, cv=outer, scoring="accuracy", return_estimator=True, n_jobs=1)
     wall = time.perf_counter() - t0
@@ -238,6 +262,8 @@ def merge(args) -> int:
             raise SystemExit(f"--merge: {path} used other --max-rows/--inner-folds")
         if "ntkit" in old["results"]:
             recipes.append(old["args"].get("recipe"))
+        print(f"{path}: --scaler {old['args'].get('scaler', 'standard')}, methods "
+              f"{', '.join(old['results'])} on {len(next(iter(old['results'].values())))} sets")
         for m, rows in old["results"].items():
             table.setdefault(m, {}).update(rows)
     if len(set(recipes)) > 1:
@@ -260,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="small grids (smoke test)")
     parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES), help="ntkit's recipe")
+    parser.add_argument("--scaler", default="standard", choices=list(SCALERS),
+                        help="every method's first step: StandardScaler, or it on all but the 0/1 "
+                             "columns (binary-raw; the same map on sets without 0/1 columns)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--reuse", help="a JSON of an earlier run (same --max-rows/--inner-folds): its "
                         "methods not run now are reported alongside (e.g. the baselines, run once)")
@@ -286,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             X, y = load(ds, args.max_rows)
             print(f"{ds}: n={X.shape[0]}, d={X.shape[1]}, classes={len(np.unique(y))}", flush=True)
             for m in args.methods:
-                r = run_one(m, X, y, args.inner_folds, args.quick, args.recipe)
+                r = run_one(m, X, y, args.inner_folds, args.quick, args.recipe, args.scaler)
                 table[m][ds] = r
                 print(f"  {m:8s} acc {r['accuracy']:.4f}  {r['wall_s']:7.1f}s  chosen {r['chosen'][0]}",
                       flush=True)

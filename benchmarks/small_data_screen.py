@@ -59,6 +59,7 @@ VARIANTS = {
     "sphlift-relu": ("sphere-lift", "relu", SQRT2, None, 1.0),
     **{f"bins{k}w{w}-relu-b2": (f"bins{k}w{w}", "relu", SQRT2, 2.0, 1.0) for k in (4, 8) for w in (0.5, 1)},
     "slog-relu-b2": ("slog", "relu", SQRT2, 2.0, 1.0),
+    **{f"{p}-relu-b2": (p, "relu", SQRT2, 2.0, 1.0) for p in ("raw01", "raw01x2", "cen01")},
     "slogbins8w0.5-relu-b2": ("slogbins8w0.5", "relu", SQRT2, 2.0, 1.0),
 }
 
@@ -81,6 +82,13 @@ def preprocess(name: str, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarr
         train, test = q.transform(train), q.transform(test)
     s = StandardScaler().fit(train)
     a, b = s.transform(train), s.transform(test)
+    if name in ("raw01", "raw01x2", "cen01"):
+        # 0/1 columns (one-hot categories, flags) not divided by their std, which makes a rare
+        # category's column huge: kept 0/1 (× 2), or only centered
+        binary = np.all((train == 0) | (train == 1), axis=0)
+        keep = {"raw01": train, "raw01x2": 2 * train, "cen01": train - train.mean(0)}[name]
+        kept_test = {"raw01": test, "raw01x2": 2 * test, "cen01": test - train.mean(0)}[name]
+        a[:, binary], b[:, binary] = keep[:, binary], kept_test[:, binary]
     if name.startswith("sphere"):
         if name == "sphere-lift":
             c = np.sqrt(a.shape[1])
@@ -92,7 +100,7 @@ def preprocess(name: str, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarr
         kb = KBinsDiscretizer(n_bins=k, encode="onehot-dense", strategy="quantile",
                               quantile_method="averaged_inverted_cdf").fit(train)
         a, b = (np.hstack([m, w * kb.transform(r)]) for m, r in ((a, train), (b, test)))
-    elif name not in ("std", "quantile", "slog"):
+    elif name not in ("std", "quantile", "slog", "raw01", "raw01x2", "cen01"):
         raise ValueError(f"unknown preprocessing {name!r}")
     return a, b
 
