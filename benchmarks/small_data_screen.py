@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import skew
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import KBinsDiscretizer, QuantileTransformer, StandardScaler
 from sklearn.svm import SVC
@@ -42,7 +43,7 @@ from threadpoolctl import threadpool_limits
 from ntkit.infinite import mlp_kernels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from small_data import DATASETS, load
+from small_data import DATASETS, ScaleNonBinary, load
 
 DEPTHS, FIXES = (1, 2, 3, 4, 5), (0, 1, 2, 3)
 GRIDS = {"svm": (0.1, 1.0, 10.0, 100.0), "ridge": (1e-4, 1e-3, 1e-2, 0.1, 1.0)}
@@ -71,8 +72,7 @@ def preprocess(name: str, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarr
     bins = re.search(r"bins(\d+)w([\d.]+)$", name)
     if name.startswith("slog"):
         # signed log of the skewed columns (|skewness| > 1 on the training rows)
-        sk = np.abs(((train - train.mean(0)) ** 3).mean(0)) / train.std(0).clip(1e-12) ** 3
-        cols = sk > 1
+        cols = np.abs(np.nan_to_num(skew(train, axis=0))) > 1
         train, test = train.copy(), test.copy()
         for m in (train, test):
             m[:, cols] = np.sign(m[:, cols]) * np.log1p(np.abs(m[:, cols]))
@@ -80,15 +80,20 @@ def preprocess(name: str, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarr
         q = QuantileTransformer(n_quantiles=min(1000, len(train)), output_distribution="normal",
                                 random_state=0).fit(train)
         train, test = q.transform(train), q.transform(test)
-    s = StandardScaler().fit(train)
-    a, b = s.transform(train), s.transform(test)
     if name in ("raw01", "raw01x2", "cen01"):
-        # 0/1 columns (one-hot categories, flags) not divided by their std, which makes a rare
-        # category's column huge: kept 0/1 (× 2), or only centered
-        binary = np.all((train == 0) | (train == 1), axis=0)
-        keep = {"raw01": train, "raw01x2": 2 * train, "cen01": train - train.mean(0)}[name]
-        kept_test = {"raw01": test, "raw01x2": 2 * test, "cen01": test - train.mean(0)}[name]
-        a[:, binary], b[:, binary] = keep[:, binary], kept_test[:, binary]
+        # 0/1 columns left out of the scaling (the benchmark's --scaler binary-raw), then
+        # doubled or centered
+        s = ScaleNonBinary().fit(train)
+        a, b = s.transform(train), s.transform(test)
+        cols = s.binary_
+        if name == "raw01x2":
+            a[:, cols], b[:, cols] = 2 * a[:, cols], 2 * b[:, cols]
+        elif name == "cen01":
+            mean = a[:, cols].mean(0)
+            a[:, cols], b[:, cols] = a[:, cols] - mean, b[:, cols] - mean
+    else:
+        s = StandardScaler().fit(train)
+        a, b = s.transform(train), s.transform(test)
     if name.startswith("sphere"):
         if name == "sphere-lift":
             c = np.sqrt(a.shape[1])
