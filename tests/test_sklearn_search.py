@@ -15,7 +15,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import ntkit as nk
 import ntkit.sklearn.search as search
-from ntkit.errors import ParameterError
+from ntkit.errors import NonFiniteError, ParameterError
 from ntkit.infinite.layers import Layer
 from ntkit.sklearn import NTKClassifier, NTKClassifierCV, NTKRegressor, NTKRegressorCV
 
@@ -156,3 +156,24 @@ def test_sklearn_estimator_checks(estimator, check):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", nk.errors.IllConditionedWarning)
         check(estimator)
+
+
+def test_non_finite_kernel_raises_before_any_fit():
+    X, y = _cancer(40)
+    with pytest.raises(NonFiniteError, match="non-finite entries"):
+        NTKClassifierCV(depths=(1, 2), Cs=(1.0,), solver="svm", cv=2).fit(X * 1e160, y)
+
+
+@pytest.mark.parametrize("solver", ["auto", "svm"])
+def test_precomputed_fits_leave_the_callers_kernel_intact(solver):
+    # the SVM reads a precomputed kernel without copying it; kernel regression factorizes a copy
+    X, y = _cancer(60)
+    K = X @ X.T / X.shape[1] + 1.0
+    before = K.copy()
+    est = NTKClassifier(kernel="precomputed", solver=solver).fit(K, y)
+    np.testing.assert_array_equal(K, before)
+    np.testing.assert_array_equal(est.predict(K[:7]), NTKClassifier(kernel="precomputed", solver=solver)
+                                  .fit(before.copy(), y).predict(before[:7]))
+    reg = NTKRegressor(kernel="precomputed").fit(K, y.astype(float))
+    np.testing.assert_array_equal(K, before)
+    assert np.isfinite(reg.dual_coef_).all()

@@ -117,15 +117,20 @@ class _NTKEstimator(BaseEstimator):
         return NTKKernelFunction(self.depth, self.activation, self.W_std, self.b_std, self.kernel,
                                  self.fix_layers, self.arch, self.input_shape)
 
-    def _train_kernel(self, fn: NTKKernelFunction | None, X: np.ndarray, matrix_free: bool):
-        """``H = k(X, X)``: a dense float64 tensor, or a :class:`~ntkit.linalg.KernelOperator`."""
+    def _train_kernel(self, fn: NTKKernelFunction | None, X: np.ndarray, matrix_free: bool,
+                      copy: bool = True):
+        """``H = k(X, X)``: a dense float64 tensor, or a :class:`~ntkit.linalg.KernelOperator`.
+
+        A precomputed ``X`` is copied unless ``copy=False`` (a caller that does not modify it).
+        """
         if fn is None:
             if X.shape[0] != X.shape[1]:
                 raise ShapeError(
                     f"with kernel='precomputed', X must be the square training kernel "
                     f"k(X_train, X_train), got a {X.shape[0]}x{X.shape[1]} matrix"
                 )
-            return torch.from_numpy(np.array(X, dtype=np.float64))
+            H = np.array(X, dtype=np.float64) if copy else np.asarray(X, dtype=np.float64)
+            return torch.from_numpy(H)
         x = fn.inputs(X, "X")
         if matrix_free:  # tiles under a budget, never the dense n×n matrix
             return KernelOperator(fn.arch, x, get=self.kernel, memory_budget=self.memory_budget)
@@ -442,8 +447,8 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         if isinstance(C, bool) or not isinstance(C, Real) or not (0 < C < math.inf):
             raise ParameterError(f"C must be a finite number > 0, got {C!r}")
         fn = self._kernel_function()
-        if H is None:
-            H = self._train_kernel(fn, X, matrix_free=False)
+        if H is None:  # SVC only reads the kernel: no copy of a precomputed one
+            H = self._train_kernel(fn, X, matrix_free=False, copy=False)
         self.svc_ = SVC(kernel="precomputed", C=float(C)).fit(H.numpy(), y_index)
         self._set_fitted(fn, X)
         self._matrix_free = False

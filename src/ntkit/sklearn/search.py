@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn import config_context
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, is_classifier
 from sklearn.metrics import check_scoring
 from sklearn.model_selection import ParameterGrid, check_cv
@@ -34,7 +35,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from .._validation import as_candidates, check_choice, check_positive_int, check_std
-from ..errors import ParameterError
+from ..errors import NonFiniteError, ParameterError
 from ..infinite.depths import mlp_kernels
 from .estimators import NTKClassifier, NTKRegressor, validate_data
 from .kernel_function import _SQRT2
@@ -97,16 +98,28 @@ class _NTKSearchCV(BaseEstimator):
                                              activation=activation, W_std=self.W_std, b_std=b_std,
                                              get=self.kernel):
                 K = K.numpy()
+                if not np.isfinite(K).all():
+                    raise NonFiniteError(
+                        f"the {activation} {self.kernel.upper()} of depth {depth} (fix_layers={fix}) has "
+                        "non-finite entries: the inputs are too large for the kernel recursion "
+                        "(standardize them, e.g. StandardScaler, or use smaller W_std / b_std)"
+                    )
                 rows = []
                 for value in grid[self._regularizer]:
                     params = {"depth": depth, "fix_layers": fix, self._regularizer: value,
                               "activation": activation, **({"b_std": b_std} if searched_b else {})}
-                    i = index[tuple(sorted(params.items()))]
-                    rows.append(i)
+                    rows.append(index[tuple(sorted(params.items()))])
+                # K was checked finite above: the folds' fits and scores skip scikit-learn's
+                # per-call finiteness checks of their blocks (as many passes over K as the fits)
+                with config_context(assume_finite=True):
                     for s, (tr, va) in enumerate(splits):
-                        est = self._base(kernel="precomputed", **{self._regularizer: value})
-                        fit_one(est, K[np.ix_(tr, tr)], y[tr])
-                        scores[i, s] = scorer(est, K[np.ix_(va, tr)], y[va])
+                        # a fold's blocks once for all its ridges / Cs (gathering them cost as
+                        # much as the SVM fits at a few thousand rows)
+                        K_tr, K_va = K[np.ix_(tr, tr)], K[np.ix_(va, tr)]
+                        for i, value in zip(rows, grid[self._regularizer]):
+                            est = self._base(kernel="precomputed", **{self._regularizer: value})
+                            fit_one(est, K_tr, y[tr])
+                            scores[i, s] = scorer(est, K_va, y[va])
                 means = scores[rows].mean(axis=1)
                 for i, m in zip(rows, means):
                     if not np.isnan(m) and (m, -i) > best:
