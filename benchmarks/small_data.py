@@ -255,17 +255,27 @@ def merge(args) -> int:
     """Report (and with ``--json`` write) the union of earlier runs' results."""
     table: dict[str, dict[str, dict]] = {}
     recipes = []
+    sizes: dict[str, int] = {}
     for path in args.merge:
         with open(path) as fh:
             old = json.load(fh)
-        if (old["args"]["max_rows"], old["args"]["inner_folds"]) != (args.max_rows, args.inner_folds):
-            raise SystemExit(f"--merge: {path} used other --max-rows/--inner-folds")
+        if old["args"]["inner_folds"] != args.inner_folds:
+            raise SystemExit(f"--merge: {path} used another --inner-folds")
+        cap = old["args"]["max_rows"]
         if "ntkit" in old["results"]:
             recipes.append(old["args"].get("recipe"))
-        print(f"{path}: --scaler {old['args'].get('scaler', 'standard')}, methods "
+        print(f"{path}: --max-rows {cap}, --scaler {old['args'].get('scaler', 'standard')}, methods "
               f"{', '.join(old['results'])} on {len(next(iter(old['results'].values())))} sets")
         for m, rows in old["results"].items():
-            table.setdefault(m, {}).update(rows)
+            for ds, row in rows.items():
+                if cap != args.max_rows:
+                    # a run at another row cap holds the same data (rows, folds, seeds) for the
+                    # sets that neither cap cut
+                    if ds not in sizes:
+                        sizes[ds] = len(load(ds, sys.maxsize)[1])
+                    if sizes[ds] > min(cap, args.max_rows):
+                        continue
+                table.setdefault(m, {})[ds] = row
     if len(set(recipes)) > 1:
         raise SystemExit(f"--merge: the runs used different ntkit recipes {sorted(set(recipes))}")
     methods = [m for m in METHODS if m in table]
@@ -293,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", help="a JSON of an earlier run (same --max-rows/--inner-folds): its "
                         "methods not run now are reported alongside (e.g. the baselines, run once)")
     parser.add_argument("--merge", nargs="+", metavar="JSON", help="run nothing: report the union of these "
-                        "runs' results (e.g. the suite split over processes; same --max-rows/--inner-folds), "
-                        "methods in this order, on --datasets")
+                        "runs' results (e.g. the suite split over processes; same --inner-folds; a run at "
+                        "another --max-rows contributes the sets neither cap subsampled), later files "
+                        "overriding earlier ones, methods in this order, on --datasets")
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args)

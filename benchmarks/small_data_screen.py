@@ -63,6 +63,29 @@ VARIANTS = {
     **{f"{p}-relu-b2": (p, "relu", SQRT2, 2.0, 1.0) for p in ("raw01", "raw01x2", "cen01")},
     "slogbins8w0.5-relu-b2": ("slogbins8w0.5", "relu", SQRT2, 2.0, 1.0),
 }
+#: kernel mixes on top of a variant (``<variant>+lin<w>`` / ``<variant>+add<w>``): the variant's
+#: kernel over its mean diagonal plus ``w`` × a second kernel over its mean diagonal — the
+#: linear kernel ``z·z'`` (lin), or the additive kernel ``Σ_j k(z_j, z'_j)``, the sum over
+#: input columns of the variant's depth-2 NTK of that column alone (add: one-feature effects,
+#: as a tree's single splits give)
+MIXES = tuple(f"{base}+{kind}{w}" for base in ("std-relu-b2",) for kind in ("lin", "add")
+              for w in (0.3, 1))
+
+
+def variant_of(name: str) -> tuple[str, str | None, float]:
+    """``(variant, mix kind or None, mix weight)`` of a screen variant name."""
+    mix = re.fullmatch(r"(.+)\+(lin|add)([\d.]+)", name)
+    return (name, None, 0.0) if mix is None else (mix.group(1), mix.group(2), float(mix.group(3)))
+
+
+def mix_kernel(kind: str, Z: np.ndarray, act: str, W: float, b: float | None) -> np.ndarray:
+    """The second kernel of a mix (:data:`MIXES`) on the rows ``Z``, over its mean diagonal."""
+    if kind == "lin":
+        E = Z @ Z.T
+    else:
+        E = sum(next(mlp_kernels(Z[:, [j]], depths=(2,), activation=act, W_std=W, b_std=b))[2].numpy()
+                for j in range(Z.shape[1]))
+    return E / np.mean(np.diag(E))
 
 
 def preprocess(name: str, train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,12 +165,16 @@ def screen(ds: str, max_rows: int, variants: list[str], solvers: list[str]) -> d
         n = len(TR)
         yy = np.concatenate([y[TR], y[TE]])
         for v in variants:
-            prep, act, W, b, scale = VARIANTS[v]
+            base, mix, weight = variant_of(v)
+            prep, act, W, b, scale = VARIANTS[base]
             a, t = preprocess(prep, X[TR], X[TE])
             Z = np.vstack([a, t]) * scale
+            extra = None if mix is None else mix_kernel(mix, Z, act, W, b)
             for depth, fix, K in mlp_kernels(Z, depths=DEPTHS, fix_layers=FIXES, activation=act,
-                                             W_std=W, b_std=b):
+                                             W_std=W, b_std=b, copy=False):
                 K = K.numpy()
+                if extra is not None:
+                    K = K / np.mean(np.diag(K)) + weight * extra
                 for solver in solvers:
                     fn = score[solver]
                     inner_acc = np.mean([fn(K, tr, va, yy, classes) for tr, va in splits], axis=0)
@@ -190,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run")
     run.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
     run.add_argument("--variants", nargs="+", default=["std-relu-b0.1", "std-relu-b2"],
-                     choices=list(VARIANTS))
+                     choices=[*VARIANTS, *MIXES])
     run.add_argument("--solvers", nargs="+", default=["ridge"], choices=list(GRIDS))
     run.add_argument("--max-rows", type=int, default=500)
     run.add_argument("--out", required=True, help="pickle, extended if it exists")

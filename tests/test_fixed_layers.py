@@ -162,3 +162,20 @@ def test_recursion_is_symmetric_on_near_duplicate_rows():
     x = np.vstack([x, x[:20] + 1e-9 * rng.normal(size=(20, 39))])
     for _, _, K in mlp_kernels(x, depths=[2, 5], fix_layers=[0, 3], activation="relu", W_std=2**0.5):
         assert torch.equal(K, K.T)
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf", "identity"])
+def test_recursion_yields_own_kernels_or_views_of_its_stack(activation):
+    # The NTK stack is updated in place: copy=True hands out copies (kept intact), copy=False
+    # views valid until the iteration resumes. "identity" takes the generic layer path.
+    x = _x(6, 3)
+    kw = dict(depths=[1, 2, 4], fix_layers=[0, 1], activation=activation, W_std=1.2, b_std=0.3)
+    held = list(mlp_kernels(x, **kw))
+    for depth, fix, K in held:
+        ref = fix_layers(nk.mlp(depth, 1, activation, W_std=1.2, b_std=0.3), fix).kernel(x, get="ntk")
+        torch.testing.assert_close(K, ref, rtol=1e-12, atol=1e-14)
+    views = []
+    for (*_, K), (*_, own) in zip(mlp_kernels(x, copy=False, **kw), held):
+        assert torch.equal(K, own)  # at the time it is yielded
+        views.append(K)
+    assert not torch.equal(views[0], held[0][2])  # depth 1's view was overwritten by depth 2, 4

@@ -76,6 +76,16 @@ class ElementwiseLayer(Layer):
     def apply_kernel(self, state: State) -> State:
         state = require_single(state, self)
         need_dot = state.ntk is not None
+        after, dot = self.nngp_and_derivative(state, need_dot)
+        return after.replace(ntk=state.ntk * dot) if need_dot else after
+
+    def nngp_and_derivative(self, state: State, need_dot: bool = True) -> tuple[State, torch.Tensor | None]:
+        """The state after this activation without its NTK (``ntk=None``), and ``E[φ'(u)φ'(v)]``.
+
+        :meth:`apply_kernel` is ``ntk · E[φ'φ']`` on top; a caller that owns the incoming NTK
+        (:func:`ntkit.infinite.mlp_kernels`' stack of NTKs) multiplies it in place instead.
+        ``dot`` is ``None`` when ``need_dot`` is false.
+        """
         var1 = self.self_expectation(state.var1)
         var2 = var1 if state.var2 is state.var1 else self.self_expectation(state.var2)
         # The variances bound every entry (Cauchy–Schwarz): one cheap check on the vectors.
@@ -85,8 +95,7 @@ class ElementwiseLayer(Layer):
             stable.check_finite(state.var2, f"the pre-activation variance entering {self.name}")
             stable.check_finite(torch.cat([var1, var2]), f"the variance after {self.name}")
         nngp, dot = self.expectations(state.q11(), state.q22(), state.nngp, need_dot)
-        ntk = state.ntk * dot if need_dot else None
-        return state.replace(nngp=nngp, ntk=ntk, var1=var1, var2=var2, fresh=False)
+        return state.replace(nngp=nngp, ntk=None, var1=var1, var2=var2, fresh=False), dot
 
     def build_module(
         self, in_shape: Shape, generator: torch.Generator, dtype: torch.dtype

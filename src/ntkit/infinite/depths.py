@@ -30,7 +30,7 @@ from .._validation import (
 )
 from ..budget import check_output
 from ..errors import ParameterError
-from .activations import activation_from_name
+from .activations import ElementwiseLayer, activation_from_name
 from .dense import Dense
 from .engine import input_state
 from .layers import Layer
@@ -47,6 +47,7 @@ def mlp_kernels(
     b_std: float | None = None,
     get: str = "ntk",
     dtype: Any = None,
+    copy: bool = True,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Kernels of ``nk.mlp(depth, ·, activation, W_std, b_std)`` for a grid of depths and fixed layers.
 
@@ -54,8 +55,11 @@ def mlp_kernels(
     ``n_fixed`` in ``fix_layers`` with ``n_fixed < depth``, where ``K`` ``(n1, n2)`` equals
     ``fix_layers(mlp(depth, ...), n_fixed).kernel(x1, x2, get=get)`` (with ``get="nngp"``
     ``n_fixed`` does not matter and only ``n_fixed = min(fix_layers)`` is yielded per depth).
-    The depth-``max(depths)`` recursion runs once (module docstring); a yielded tensor is
-    never modified afterwards.
+    The depth-``max(depths)`` recursion runs once (module docstring). With ``copy=True`` a
+    yielded tensor is never modified afterwards; with ``copy=False`` an NTK is a view of the
+    recursion's working stack, overwritten once the iteration resumes (no copy of ``n1 × n2``
+    per kernel: for a caller that uses each kernel before asking for the next, e.g.
+    :class:`~ntkit.sklearn.NTKClassifierCV`).
 
     Args:
         x1: ``(n1, d)`` inputs; x2: ``(n2, d)`` or ``None`` (``x2 = x1``).
@@ -65,6 +69,7 @@ def mlp_kernels(
         W_std, b_std: as in :func:`ntkit.mlp`.
         get: ``"ntk"`` or ``"nngp"``.
         dtype: float64 (default) or float32.
+        copy: whether a yielded NTK is the caller's own (above).
 
     Raises:
         ParameterError: empty or invalid ``depths``/``fix_layers``/``get``/stds.
@@ -95,24 +100,43 @@ def mlp_kernels(
         nngp = (state.nngp + state.nngp.T) / 2
         nngp.diagonal().copy_(state.var1)  # a point with itself keeps its variance bit for bit
         state = state.replace(nngp=nngp)
-    if get == "ntk":
-        # One NTK per number of fixed layers, stacked on a leading axis: the layers' recursions
-        # (nngp + W²·ntk, ntk·E[φ'φ']) broadcast over it.
-        state = state.replace(ntk=state.nngp.new_zeros((len(fixes), n1, n2)))
-    fix_index = torch.tensor(fixes, device=x1.device)
+    # One NTK per number of fixed layers, stacked on a leading axis and updated in place: the
+    # layers' recursions (ntk ← nngp + W²·ntk, ntk ← ntk·E[φ'φ']) broadcast over it, with the
+    # rounding of Dense's and the activation's own products. Fresh (F, n1, n2) stacks every
+    # layer cost more in page faults than the arithmetic (benchmarks/RESULTS.md); a yielded
+    # NTK is therefore a copy (copy=True), except at the last layer, after which the stack is
+    # not touched.
+    stack = state.nngp.new_zeros((len(fixes), n1, n2)) if get == "ntk" else None
+    w2 = float(W_std) ** 2
+    owned_derivative = (isinstance(act, ElementwiseLayer)
+                        and type(act).apply_kernel is ElementwiseLayer.apply_kernel)
     dense = Dense(1, W_std, b_std)
-    for layer in range(1, depths[-1] + 1):
-        state = dense.apply_kernel(state)
-        if get == "ntk":
-            still_fixed = fix_index >= layer  # this layer is at initialization for those L'
-            if bool(still_fixed.any()):
-                state.ntk[still_fixed] = 0.0
+    last = depths[-1]
+    for layer in range(1, last + 1):
+        state = dense.apply_kernel(state)  # (the NTK is kept apart, in the stack)
+        if stack is not None:
+            if w2 <= torch.finfo(stack.dtype).max:
+                torch.add(state.nngp, stack, alpha=w2, out=stack)
+            else:  # as Dense: an alpha outside the dtype's range is refused by torch.add
+                stack.copy_(state.nngp + w2 * stack)
+            # layers at initialization for the larger L' (fixes ascending: a trailing block)
+            stack[sum(f < layer for f in fixes):] = 0.0
         if layer in depths:
             for i, f in enumerate(fixes):
                 if f < layer:
-                    yield layer, f, state.ntk[i] if get == "ntk" else state.nngp
-        if layer < depths[-1]:
-            state = act.apply_kernel(state)
+                    K = state.nngp if stack is None else stack[i]
+                    if copy and stack is not None and layer < last:
+                        K = K.clone()
+                    yield layer, f, K
+        if layer < last:
+            if stack is None:
+                state = act.apply_kernel(state)
+            elif owned_derivative:
+                state, dot = act.nngp_and_derivative(state)
+                stack.mul_(dot)
+            else:  # any other layer: its own map of the NTK, a fresh stack we then own
+                state = act.apply_kernel(state.replace(ntk=stack))
+                stack, state = state.ntk, state.replace(ntk=None)
 
 
 def _check_fix(value: Any) -> int:

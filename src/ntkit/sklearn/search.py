@@ -96,7 +96,7 @@ class _NTKSearchCV(BaseEstimator):
             self.kernel_evaluations_ += 1
             for depth, fix, K in mlp_kernels(X, depths=grid["depth"], fix_layers=grid["fix_layers"],
                                              activation=activation, W_std=self.W_std, b_std=b_std,
-                                             get=self.kernel):
+                                             get=self.kernel, copy=False):
                 K = K.numpy()
                 if not np.isfinite(K).all():
                     raise NonFiniteError(
