@@ -12,7 +12,8 @@ standard deviation, when ``b_stds`` is searched) instead of one kernel per candi
 * the kernels of every depth and every number of fixed layers come out of one recursion
   (:func:`ntkit.infinite.mlp_kernels`, Arora et al. 2020);
 * each candidate is then scored by the estimator itself with ``kernel="precomputed"`` on those
-  blocks (ridges / C values share the kernel).
+  blocks (ridges / C values share the kernel, and a fold's blocks are gathered once for all
+  of them; the kernel is checked finite once, so the fits skip scikit-learn's per-call checks).
 
 So a 4 depths × 4 fixed-layer counts × 6 ridges grid over 5 folds costs one depth-4 kernel of
 the training rows (plus the per-candidate solves) instead of 480 kernels; ``kernel_evaluations_``
@@ -203,6 +204,8 @@ _ATTR_DOC = """
     Raises:
         ParameterError: invalid grids (empty, ``fix_layers`` with ``kernel="nngp"``, no
             valid candidate) or parameters (as the estimators').
+        NonFiniteError: a kernel of the grid overflows (inputs far too large for the
+            recursion), checked once per kernel before its folds are fitted.
 """
 
 
