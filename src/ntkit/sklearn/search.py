@@ -226,6 +226,8 @@ class NTKClassifierCV(ClassifierMixin, _NTKSearchCV):
         Cs: candidate SVM penalties (``solver="svm"``).
         solver: ``"auto"`` (kernel regression on one-hot targets) or ``"svm"``.
         temperature: ``predict_proba``'s softmax temperature (not searched).
+        svm_max_iter: the SVM's iteration limit, as in :class:`~ntkit.sklearn.NTKClassifier`
+            (not searched: every candidate's fit and the refit).
 """
         + _ATTR_DOC
     )
@@ -247,6 +249,7 @@ class NTKClassifierCV(ClassifierMixin, _NTKSearchCV):
         scoring: Any = None,
         memory_budget: Any = None,
         b_stds: Any = None,
+        svm_max_iter: int = -1,
     ) -> None:
         self.depths = depths
         self.fix_layers = fix_layers
@@ -263,6 +266,7 @@ class NTKClassifierCV(ClassifierMixin, _NTKSearchCV):
         self.scoring = scoring
         self.memory_budget = memory_budget
         self.b_stds = b_stds
+        self.svm_max_iter = svm_max_iter
 
     @property
     def _regularizer(self) -> str:  # type: ignore[override]
@@ -275,7 +279,7 @@ class NTKClassifierCV(ClassifierMixin, _NTKSearchCV):
         check_choice(self.solver, "solver", ("auto", "cholesky", "svm"))
         kwargs = {"W_std": self.W_std, "b_std": self.b_std, "kernel": self.kernel,
                   "ridge_mode": self.ridge_mode, "solver": self.solver, "temperature": self.temperature,
-                  "memory_budget": self.memory_budget}
+                  "memory_budget": self.memory_budget, "svm_max_iter": self.svm_max_iter}
         if params.get("kernel") == "precomputed":
             kwargs = {k: v for k, v in kwargs.items() if k not in ("W_std", "b_std")}
         kwargs.update(params)
