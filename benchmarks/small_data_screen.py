@@ -145,21 +145,23 @@ def ridge_accuracies(K: np.ndarray, tr, va, y: np.ndarray, classes: np.ndarray) 
 
 
 def svm_accuracies(K: np.ndarray, tr, va, y: np.ndarray, classes: np.ndarray) -> list[float]:
+    """``SVC(kernel="precomputed")`` per C, libsvm capped as the recipe ``svm-b2`` caps it."""
     out = []
     for C in GRIDS["svm"]:
-        svc = SVC(kernel="precomputed", C=C).fit(K[np.ix_(tr, tr)], y[tr])
+        svc = SVC(kernel="precomputed", C=C, max_iter=100_000).fit(K[np.ix_(tr, tr)], y[tr])
         out.append(float(np.mean(svc.predict(K[np.ix_(va, tr)]) == y[va])))
     return out
 
 
 def screen(ds: str, max_rows: int, variants: list[str], solvers: list[str]) -> dict:
-    """``{(outer fold, variant, depth, fix, solver): (inner mean accuracies, outer accuracies)}``."""
+    """``{(outer fold, variant, depth, fix, solver): (inner mean accuracies, outer accuracies)}``
+    (one accuracy per value of ``GRIDS[solver]``, recorded under the key ``("grid", solver)``)."""
     X, y = load(ds, max_rows)
     classes = np.unique(y)
     outer = StratifiedKFold(4, shuffle=True, random_state=0)
     inner = StratifiedKFold(3, shuffle=True, random_state=1)
     score = {"svm": svm_accuracies, "ridge": ridge_accuracies}
-    res = {}
+    res: dict = {("grid", solver): tuple(GRIDS[solver]) for solver in solvers}
     for o, (TR, TE) in enumerate(outer.split(X, y)):
         splits = list(inner.split(X[TR], y[TR]))
         n = len(TR)
@@ -183,11 +185,15 @@ def screen(ds: str, max_rows: int, variants: list[str], solvers: list[str]) -> d
     return res
 
 
-def select(res: dict, o: int, variants: list[str], solvers: list[str]):
-    """The candidate with the best inner score (first in grid order on ties): (inner, outer, params)."""
+def select(res: dict, o: int, variants: list[str], solvers: list[str], only: dict | None = None):
+    """The candidate with the best inner score (first in grid order on ties): (inner, outer, params).
+
+    ``only``: ``{solver: values}`` to choose among part of the grid the screen ran."""
     best = None
     for solver in solvers:
-        for ri, reg in enumerate(GRIDS[solver]):
+        for ri, reg in enumerate(res.get(("grid", solver), GRIDS[solver])):
+            if only and solver in only and reg not in only[solver]:
+                continue
             for v in variants:
                 for d in DEPTHS:
                     for f in FIXES:
@@ -201,11 +207,12 @@ def select(res: dict, o: int, variants: list[str], solvers: list[str]):
     return best
 
 
-def recipe_accuracy(results: dict, variants: list[str], solvers: list[str]) -> dict[str, float]:
+def recipe_accuracy(results: dict, variants: list[str], solvers: list[str],
+                    only: dict | None = None) -> dict[str, float]:
     """Outer accuracy per set of a recipe chosen by inner CV (sets missing a candidate left out)."""
     out = {}
     for ds, res in results.items():
-        picks = [select(res, o, variants, solvers) for o in range(4)]
+        picks = [select(res, o, variants, solvers, only) for o in range(4)]
         if all(p is not None for p in picks):
             out[ds] = float(np.mean([p[1] for p in picks]))
     return out
@@ -221,20 +228,27 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--solvers", nargs="+", default=["ridge"], choices=list(GRIDS))
     run.add_argument("--max-rows", type=int, default=500)
     run.add_argument("--out", required=True, help="pickle, extended if it exists")
+    run.add_argument("--svm-cs", nargs="+", type=float, default=list(GRIDS["svm"]),
+                     help="the SVM's C grid (recorded in the pickle)")
     summ = sub.add_parser("summary")
     summ.add_argument("pickles", nargs="+")
     summ.add_argument("--solvers", nargs="+", default=["ridge"], choices=list(GRIDS))
     summ.add_argument("--searched", nargs="+", action="append", default=[], metavar="VARIANT",
                       help="also a recipe choosing among these variants by inner CV (repeatable)")
+    summ.add_argument("--svm-cs", nargs="+", type=float, help="choose among these C values only")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         warnings.filterwarnings("ignore")
         torch.set_num_threads(1)
+        GRIDS["svm"] = tuple(args.svm_cs)
         path = Path(args.out)
         results = pickle.loads(path.read_bytes()) if path.exists() else {}
         with threadpool_limits(1):
             for ds in args.datasets:
                 t0 = time.perf_counter()
+                old = results.get(ds, {})
+                if any(old.get(("grid", sv), GRIDS[sv]) != GRIDS[sv] for sv in args.solvers):
+                    raise SystemExit(f"{path} holds {ds} screened with another grid: use another --out")
                 results.setdefault(ds, {}).update(screen(ds, args.max_rows, args.variants, args.solvers))
                 path.write_bytes(pickle.dumps(results))
                 print(f"{ds}: {time.perf_counter() - t0:.1f}s", flush=True)
@@ -242,11 +256,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {}
     for p in args.pickles:
         for ds, res in pickle.loads(Path(p).read_bytes()).items():
-            results.setdefault(ds, {}).update({k: v for k, v in res.items() if len(k) == 5})
-    found = sorted({k[1] for r in results.values() for k in r if k[4] in args.solvers})
+            mine = results.setdefault(ds, {})
+            for key in (k for k in res if k[0] == "grid"):
+                if mine.get(key, res[key]) != res[key]:
+                    raise SystemExit(f"{p}: {ds} was screened with another {key[1]} grid than before")
+            mine.update(res)
+    found = sorted({k[1] for r in results.values() for k in r if len(k) == 5 and k[4] in args.solvers})
     recipes = [[v] for v in found] + args.searched
     for vs in recipes:
-        acc = recipe_accuracy(results, vs, args.solvers)
+        acc = recipe_accuracy(results, vs, args.solvers, {"svm": set(args.svm_cs)} if args.svm_cs else None)
         if acc:
             print(f"{' + '.join(vs):60s} sets {len(acc):2d}  mean accuracy {np.mean(list(acc.values())):.4f}")
     return 0
