@@ -34,6 +34,7 @@ from .activations import ElementwiseLayer, activation_from_name
 from .dense import Dense
 from .engine import input_state
 from .layers import Layer
+from .state import add_scaled
 
 
 def mlp_kernels(
@@ -107,18 +108,15 @@ def mlp_kernels(
     # NTK is therefore a copy (copy=True), except at the last layer, after which the stack is
     # not touched.
     stack = state.nngp.new_zeros((len(fixes), n1, n2)) if get == "ntk" else None
-    w2 = float(W_std) ** 2
     owned_derivative = (isinstance(act, ElementwiseLayer)
                         and type(act).apply_kernel is ElementwiseLayer.apply_kernel)
     dense = Dense(1, W_std, b_std)
+    w2 = dense.W_std**2
     last = depths[-1]
     for layer in range(1, last + 1):
         state = dense.apply_kernel(state)  # (the NTK is kept apart, in the stack)
         if stack is not None:
-            if w2 <= torch.finfo(stack.dtype).max:
-                torch.add(state.nngp, stack, alpha=w2, out=stack)
-            else:  # as Dense: an alpha outside the dtype's range is refused by torch.add
-                stack.copy_(state.nngp + w2 * stack)
+            add_scaled(state.nngp, stack, w2, out=stack)  # Dense's NTK rule, on the stack
             # layers at initialization for the larger L' (fixes ascending: a trailing block)
             stack[sum(f < layer for f in fixes):] = 0.0
         if layer in depths:

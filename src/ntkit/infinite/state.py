@@ -149,11 +149,13 @@ def scale_shift(t: torch.Tensor, scale, shift, *, inplace: bool) -> torch.Tensor
     return t.add_(shift) if plain else t + shift  # `t` is fresh: in place when plain
 
 
-def add_scaled(a: torch.Tensor, b: torch.Tensor, scale) -> torch.Tensor:
-    """``a + scale·b`` in one pass when ``scale`` is a number."""
+def add_scaled(a: torch.Tensor, b: torch.Tensor, scale, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a + scale·b`` in one pass when ``scale`` is a number; into ``out`` when given (which
+    may be ``b`` itself: the same rounding, no new tensor)."""
     if isinstance(scale, torch.Tensor) or abs(scale) > torch.finfo(b.dtype).max:
-        return a + scale * b  # (an alpha outside the dtype's range is refused by torch.add)
-    return torch.add(a, b, alpha=scale)
+        total = a + scale * b  # (an alpha outside the dtype's range is refused by torch.add)
+        return total if out is None else out.copy_(total)
+    return torch.add(a, b, alpha=scale, out=out)
 
 
 @dataclass(frozen=True)
